@@ -1,0 +1,373 @@
+"""One side of an RPC session: message ids, pending calls, dispatch of incoming calls, cancellation.
+
+The same class serves the host and the worker over any asyncio StreamReader/StreamWriter pair.
+Bytes become frames in `framing`, frames become messages in `messages`; this module owns what
+happens between messages: matching replies, running handlers, deadlines and a clean close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from .errors import (
+    CallTimeoutError,
+    ConnectionClosedError,
+    ErrorCode,
+    FrameError,
+    ProtocolError,
+    RemoteError,
+)
+from .framing import DEFAULT_MAX_FRAME_BYTES, HEADER, FrameReader, encode_frame
+from .messages import (
+    CANCEL_METHOD,
+    MAX_MSGID,
+    ErrorObject,
+    Message,
+    MessageCodec,
+    Notification,
+    Request,
+    Response,
+)
+
+T = TypeVar("T")
+Handler = Callable[[Any], Awaitable[Any]]
+NotificationHandler = Callable[[Any], None]
+
+DEFAULT_MAX_CONCURRENT_REQUESTS: Final = 256
+_CLOSE_TIMEOUT_S: Final = 2.0
+
+_log = logging.getLogger(__name__)
+
+
+class _Route:
+    __slots__ = ("handler", "params_type")
+
+    def __init__(self, handler: Handler, params_type: type[Any] | None) -> None:
+        self.handler = handler
+        self.params_type = params_type
+
+
+class Endpoint:
+    """Serve and make msgpack-RPC calls over one stream pair.
+
+    Call `start()` (or `await run()`) to begin reading. Many calls may be in flight in both
+    directions; replies are matched by msgid in any order. A broken frame or a vanished peer closes
+    the session: every pending call then fails with `ConnectionClosedError` carrying the reason.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        name: str = "endpoint",
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+        call_timeout_s: float | None = None,
+        initial_msgid: int = 0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.name = name
+        self.max_frame_bytes = max_frame_bytes
+        self.call_timeout_s = call_timeout_s
+        self._frames = FrameReader(reader, max_frame_bytes)
+        self._writer = writer
+        self._codec = MessageCodec()
+        self._log = logger or _log
+        self._routes: dict[str, _Route] = {}
+        self._notification_routes: dict[str, NotificationHandler] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._serving: dict[int, asyncio.Task[None]] = {}
+        self._cancel_requested: set[int] = set()
+        self._slots = asyncio.Semaphore(max_concurrent_requests)
+        self._next_msgid = initial_msgid & MAX_MSGID
+        self._reader_task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._close_reason: str | None = None
+
+    # -- registration -------------------------------------------------------------------------
+
+    def register(
+        self, method: str, handler: Handler, *, params_type: type[Any] | None = None
+    ) -> None:
+        """Serve `method` with `handler`; with `params_type`, params are converted to it first.
+
+        A conversion failure answers `invalid_params` without calling the handler. A handler
+        raising `RemoteError` answers with its code; any other exception answers `internal`
+        (its traceback stays in the local log).
+        """
+        self._routes[method] = _Route(handler, params_type)
+
+    def register_notification(self, method: str, handler: NotificationHandler) -> None:
+        """Call `handler(params)` for each incoming notification named `method`."""
+        self._notification_routes[method] = handler
+
+    @property
+    def methods(self) -> list[str]:
+        """The names of the methods this endpoint serves."""
+        return sorted(self._routes)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin reading in a task owned by this endpoint (closed by `aclose`)."""
+        if self._reader_task is None:
+            self._reader_task = asyncio.get_running_loop().create_task(
+                self.run(), name=f"{self.name}-reader"
+            )
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the session has ended (or is ending); no call can be made on it any more."""
+        return self._close_reason is not None
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the session ended (None while it is open)."""
+        return self._close_reason
+
+    async def wait_closed(self) -> None:
+        """Wait until the session has ended, for any reason."""
+        await self._closed.wait()
+
+    async def run(self) -> None:
+        """Read and dispatch messages until the peer closes the stream or breaks the protocol.
+
+        Never raises for the peer's faults: they close the session with a reason instead.
+        """
+        reason = "peer closed the stream"
+        try:
+            while True:
+                frame = await self._frames.read_frame()
+                if frame is None:
+                    break
+                await self._dispatch(self._codec.decode(frame))
+        except FrameError as exc:
+            reason = f"protocol error: {exc}"
+            self._log.warning("%s: closing session: %s", self.name, reason)
+        except (ConnectionError, OSError) as exc:
+            reason = f"stream error: {exc}"
+        finally:
+            await self._shutdown(reason)
+
+    async def aclose(self, reason: str = "closed by this side") -> None:
+        """End the session: fail pending calls, cancel handlers, close the writer. Idempotent."""
+        if self._close_reason is None:
+            self._close_reason = reason
+        current = asyncio.current_task()
+        if self._reader_task is not None and self._reader_task is not current:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        await self._shutdown(reason)
+
+    async def _shutdown(self, reason: str) -> None:
+        if self._close_reason is None:
+            self._close_reason = reason
+        error = ConnectionClosedError(self._close_reason)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        tasks = list(self._serving.values())
+        current = asyncio.current_task()
+        for task in tasks:
+            if task is not current:
+                task.cancel()
+        for task in tasks:
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await self._writer.wait_closed()
+        self._closed.set()
+
+    # -- outgoing -----------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout_s: float | None = None,
+        result_type: type[T] | None = None,
+    ) -> Any:
+        """Call `method` on the peer and return its result (converted to `result_type` if given).
+
+        Raises `RemoteError` when the peer answers with an error, `CallTimeoutError` when the
+        deadline (`timeout_s`, else the endpoint's `call_timeout_s`) passes, and
+        `ConnectionClosedError` when the session ends first. On timeout or cancellation the peer
+        is sent `$/cancel` for this msgid.
+        """
+        if self.is_closed:
+            raise ConnectionClosedError(self._close_reason or "session closed")
+        msgid = self._allocate_msgid()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[msgid] = future
+        deadline_s = self.call_timeout_s if timeout_s is None else timeout_s
+        try:
+            await self._send(Request(msgid, method, params))
+            try:
+                async with asyncio.timeout(deadline_s):
+                    result = await future
+            except TimeoutError as exc:
+                self._send_cancel(msgid)
+                raise CallTimeoutError(method, deadline_s or 0.0) from exc
+            except asyncio.CancelledError:
+                self._send_cancel(msgid)
+                raise
+        finally:
+            self._pending.pop(msgid, None)
+        if isinstance(result, RemoteError):
+            result.method = method
+            raise result
+        if result_type is None:
+            return result
+        try:
+            return msgspec.convert(result, result_type)
+        except msgspec.ValidationError as exc:
+            raise RemoteError(
+                ErrorCode.INTERNAL, f"peer returned an invalid result: {exc}", method=method
+            ) from exc
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        """Send a one-way notification; raise ConnectionClosedError if the session has ended."""
+        if self.is_closed:
+            raise ConnectionClosedError(self._close_reason or "session closed")
+        await self._send(Notification(method, params))
+
+    def _allocate_msgid(self) -> int:
+        for _ in range(len(self._pending) + 1):
+            msgid = self._next_msgid
+            self._next_msgid = (msgid + 1) & MAX_MSGID
+            if msgid not in self._pending:
+                return msgid
+        raise ProtocolError("no free msgid")  # unreachable: more ids than pending calls
+
+    def _send_cancel(self, msgid: int) -> None:
+        # Best effort and without awaiting: this runs while a caller is being cancelled.
+        if not self.is_closed and not self._writer.is_closing():
+            with contextlib.suppress(FrameError, ConnectionError, RuntimeError):
+                self._write(Notification(CANCEL_METHOD, [msgid]))
+
+    def _write(self, message: Message) -> None:
+        self._writer.write(encode_frame(self._codec.encode(message), self.max_frame_bytes))
+
+    async def _send(self, message: Message) -> None:
+        try:
+            self._write(message)
+            await self._writer.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionClosedError(f"cannot write to peer: {exc}") from exc
+
+    # -- incoming -----------------------------------------------------------------------------
+
+    async def _dispatch(self, message: Message) -> None:
+        if isinstance(message, Response):
+            self._resolve(message)
+        elif isinstance(message, Request):
+            if message.msgid in self._serving:
+                raise FrameError(f"duplicate msgid {message.msgid} for a call still in flight")
+            await self._slots.acquire()  # backpressure: stop reading while at the limit
+            task = asyncio.get_running_loop().create_task(
+                self._serve(message), name=f"{self.name}-{message.method}"
+            )
+            self._serving[message.msgid] = task
+        elif message.method == CANCEL_METHOD:
+            self._cancel_incoming(message.params)
+        else:
+            handler = self._notification_routes.get(message.method)
+            if handler is None:
+                self._log.debug("%s: ignoring notification %r", self.name, message.method)
+                return
+            try:
+                handler(message.params)
+            except Exception:
+                self._log.exception("%s: notification handler %r failed", self.name, message.method)
+
+    def _resolve(self, response: Response) -> None:
+        future = self._pending.get(response.msgid)
+        if future is None or future.done():
+            return  # a late reply to a call that timed out or was cancelled
+        if response.error is not None:
+            err = response.error
+            future.set_result(RemoteError(err.code, err.message, err.data))
+        else:
+            future.set_result(response.result)
+
+    def _cancel_incoming(self, params: Any) -> None:
+        msgid = params[0] if isinstance(params, list) and params else params
+        if not isinstance(msgid, int):
+            return
+        task = self._serving.get(msgid)
+        if task is not None and not task.done():
+            self._cancel_requested.add(msgid)
+            task.cancel()
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            response = await self._answer(request)
+        except asyncio.CancelledError:
+            if request.msgid in self._cancel_requested and not self.is_closed:
+                error = ErrorObject(ErrorCode.CANCELLED, f"call to {request.method!r} cancelled")
+                with contextlib.suppress(FrameError, ConnectionError, RuntimeError):
+                    self._write(Response(request.msgid, error, None))
+            raise
+        finally:
+            self._serving.pop(request.msgid, None)
+            self._cancel_requested.discard(request.msgid)
+            self._slots.release()
+        body = self._encode_reply(request, response)
+        try:
+            self._writer.write(HEADER.pack(len(body)) + body)
+            await self._writer.drain()
+        except (ConnectionError, RuntimeError):
+            pass  # the peer is gone; the reader notices and closes the session
+
+    def _encode_reply(self, request: Request, response: Response) -> bytes:
+        """Encode once; a result that cannot be encoded or is too large becomes an error reply."""
+        try:
+            body = self._codec.encode(response)
+        except FrameError as exc:
+            return self._codec.encode(
+                _error(request, ErrorCode.INTERNAL, f"result cannot be encoded: {exc}")
+            )
+        if len(body) > self.max_frame_bytes:
+            return self._codec.encode(
+                _error(request, ErrorCode.TOO_LARGE, "result exceeds the frame limit")
+            )
+        return body
+
+    async def _answer(self, request: Request) -> Response:
+        route = self._routes.get(request.method)
+        if route is None:
+            return _error(request, ErrorCode.METHOD_NOT_FOUND, f"no method {request.method!r}")
+        params = request.params
+        if route.params_type is not None:
+            try:
+                params = msgspec.convert(params, route.params_type)
+            except msgspec.ValidationError as exc:
+                return _error(request, ErrorCode.INVALID_PARAMS, str(exc))
+        try:
+            result = await route.handler(params)
+        except RemoteError as exc:
+            return Response(request.msgid, ErrorObject(exc.code, exc.message, exc.data), None)
+        except TimeoutError:
+            return _error(request, ErrorCode.TIMEOUT, f"{request.method!r} timed out")
+        except Exception:
+            self._log.exception("%s: handler for %r failed", self.name, request.method)
+            return _error(request, ErrorCode.INTERNAL, f"internal error in {request.method!r}")
+        return Response(request.msgid, None, result)
+
+
+def _error(request: Request, code: ErrorCode, message: str) -> Response:
+    return Response(request.msgid, ErrorObject(code, message), None)
