@@ -112,7 +112,7 @@ class WorkerRuntime:
             spec = categories.get(impl.kind)
             for name, method in spec.methods.items():
                 wire = spec.wire_name(name)
-                handler = _typed_handler(getattr(instance, name), method.result)
+                handler = _typed_handler(wire, getattr(instance, name), method.result)
                 self._endpoint.register(wire, handler, params_type=method.params)
                 methods.append(wire)
         self._initialized = True
@@ -178,10 +178,20 @@ class WorkerRuntime:
 
 
 def _typed_handler(
-    bound: Callable[[Any], Awaitable[Any]], result_type: type[Any] | None
+    wire: str, bound: Callable[[Any], Awaitable[Any]], result_type: type[Any] | None
 ) -> Callable[[Any], Awaitable[Any]]:
     async def handle(params: Any) -> Any:
-        result = await bound(params)
+        try:
+            result = await bound(params)
+        except (RemoteError, TimeoutError):
+            raise
+        except Exception as exc:
+            # The traceback stays in this worker's log; only the exception type crosses the wire,
+            # because its message may carry data the plugin was handling.
+            _log.exception("%s failed", wire)
+            raise RemoteError(
+                ErrorCode.PLUGIN_ERROR, f"{wire} raised {type(exc).__name__}"
+            ) from exc
         if result_type is None or isinstance(result, result_type):
             return None if result_type is None else result
         try:
