@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
@@ -282,6 +283,9 @@ class Endpoint:
                 self._serve(message), name=f"{self.name}-{message.method}"
             )
             self._serving[message.msgid] = task
+            # A done-callback, not a `finally`: a task cancelled before its first step (a
+            # `$/cancel` in the same read as its request) never runs its body at all.
+            task.add_done_callback(functools.partial(self._served, message))
         elif message.method == CANCEL_METHOD:
             self._cancel_incoming(message.params)
         else:
@@ -313,19 +317,17 @@ class Endpoint:
             self._cancel_requested.add(msgid)
             task.cancel()
 
+    def _served(self, request: Request, task: asyncio.Task[None]) -> None:
+        self._serving.pop(request.msgid, None)
+        self._slots.release()
+        if task.cancelled() and request.msgid in self._cancel_requested and not self.is_closed:
+            error = ErrorObject(ErrorCode.CANCELLED, f"call to {request.method!r} cancelled")
+            with contextlib.suppress(FrameError, ConnectionError, RuntimeError):
+                self._write(Response(request.msgid, error, None))
+        self._cancel_requested.discard(request.msgid)
+
     async def _serve(self, request: Request) -> None:
-        try:
-            response = await self._answer(request)
-        except asyncio.CancelledError:
-            if request.msgid in self._cancel_requested and not self.is_closed:
-                error = ErrorObject(ErrorCode.CANCELLED, f"call to {request.method!r} cancelled")
-                with contextlib.suppress(FrameError, ConnectionError, RuntimeError):
-                    self._write(Response(request.msgid, error, None))
-            raise
-        finally:
-            self._serving.pop(request.msgid, None)
-            self._cancel_requested.discard(request.msgid)
-            self._slots.release()
+        response = await self._answer(request)
         body = self._encode_reply(request, response)
         try:
             self._writer.write(HEADER.pack(len(body)) + body)

@@ -42,6 +42,7 @@ async def serve_bundle(
     tenant_id: str = "tenant-a",
     config: Mapping[str, Any] | None = None,
     host_functions: Mapping[str, Handler] | None = None,
+    protocol_version: int = PROTOCOL_VERSION,
 ) -> AsyncIterator[tuple[Endpoint, InitializeResult]]:
     """Start the bundle's runtime in this process; yield the host's endpoint and the handshake."""
     (host_r, host_w), (worker_r, worker_w) = await stream_pair()
@@ -53,7 +54,7 @@ async def serve_bundle(
     serving = asyncio.get_running_loop().create_task(runtime.serve())
     try:
         params = InitializeParams(
-            protocol_version=PROTOCOL_VERSION,
+            protocol_version=protocol_version,
             tenant_id=tenant_id,
             plugin_id=plugin_id,
             config=dict(config or {}),

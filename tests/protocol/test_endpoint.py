@@ -1,0 +1,326 @@
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import msgspec
+import pytest
+
+from protocol import (
+    HEADER,
+    CallTimeoutError,
+    ConnectionClosedError,
+    Endpoint,
+    ErrorCode,
+    RemoteError,
+    encode_frame,
+)
+from protocol.messages import MAX_MSGID
+
+from .conftest import stream_pair
+
+
+async def test_request_returns_the_handlers_result(endpoints: tuple[Endpoint, Endpoint]) -> None:
+    a, b = endpoints
+
+    async def double(params: Any) -> Any:
+        return params["n"] * 2
+
+    b.register("double", double)
+    assert await a.request("double", {"n": 21}) == 42
+
+
+async def test_many_calls_in_flight_are_matched_by_msgid_in_any_order(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    a, b = endpoints
+
+    async def echo_later(params: Any) -> Any:
+        await asyncio.sleep(random.random() / 100)
+        return params
+
+    b.register("echo", echo_later)
+    results = await asyncio.gather(*(a.request("echo", i) for i in range(200)))
+    assert results == list(range(200))
+
+
+async def test_unknown_method_answers_method_not_found(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    a, _ = endpoints
+    with pytest.raises(RemoteError) as info:
+        await a.request("nope")
+    assert info.value.code == ErrorCode.METHOD_NOT_FOUND
+    assert info.value.method == "nope"
+
+
+class Params(msgspec.Struct):
+    name: str
+    count: int
+
+
+async def test_params_that_do_not_convert_answer_invalid_params_with_the_path(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    a, b = endpoints
+    called = False
+
+    async def handler(params: Params) -> None:
+        nonlocal called
+        called = True
+
+    b.register("typed", handler, params_type=Params)
+    with pytest.raises(RemoteError) as info:
+        await a.request("typed", {"name": "x", "count": "three"})
+    assert info.value.code == ErrorCode.INVALID_PARAMS
+    assert "$.count" in info.value.message
+    assert not called
+
+
+async def test_handler_remote_error_keeps_its_code_and_data(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    a, b = endpoints
+
+    async def refuse(params: Any) -> None:
+        raise RemoteError(ErrorCode.PLUGIN_ERROR, "provider said no", {"retry": False})
+
+    b.register("refuse", refuse)
+    with pytest.raises(RemoteError) as info:
+        await a.request("refuse")
+    assert (info.value.code, info.value.message, info.value.data) == (
+        "plugin_error",
+        "provider said no",
+        {"retry": False},
+    )
+
+
+async def test_unexpected_handler_exception_answers_internal_without_its_text(
+    endpoints: tuple[Endpoint, Endpoint], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = endpoints
+
+    async def boom(params: Any) -> None:
+        raise ValueError("patient name: Jane Doe")
+
+    b.register("boom", boom)
+    with pytest.raises(RemoteError) as info:
+        await a.request("boom")
+    assert info.value.code == ErrorCode.INTERNAL
+    assert "Jane" not in str(info.value) and "Traceback" not in str(info.value)
+    assert "Traceback" in caplog.text  # the traceback stays in the local log
+
+
+async def test_deadline_raises_call_timeout_and_cancels_the_remote_handler(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    a, b = endpoints
+    cancelled = asyncio.Event()
+
+    async def hang(params: Any) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    b.register("hang", hang)
+    with pytest.raises(CallTimeoutError):
+        await a.request("hang", timeout_s=0.05)
+    async with asyncio.timeout(2):
+        await cancelled.wait()
+
+
+async def test_cancelling_a_call_sends_cancel_to_the_peer(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    a, b = endpoints
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hang(params: Any) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    b.register("hang", hang)
+    call = asyncio.create_task(a.request("hang"))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    async with asyncio.timeout(2):
+        await cancelled.wait()
+    # The peer keeps serving after a cancellation.
+    b.register("ok", lambda p: asyncio.sleep(0, "fine"))
+    assert await a.request("ok") == "fine"
+
+
+async def test_a_cancel_that_arrives_answers_cancelled_to_a_raw_caller() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    b = Endpoint(br, bw, name="b")
+
+    async def hang(params: Any) -> None:
+        await asyncio.sleep(60)
+
+    b.register("hang", hang)
+    b.start()
+    codec = b._codec
+    aw.write(encode_frame(codec.encode(__import__("protocol").Request(5, "hang", None))))
+    aw.write(encode_frame(codec.encode(__import__("protocol").Notification("$/cancel", [5]))))
+    await aw.drain()
+    size = HEADER.unpack(await ar.readexactly(4))[0]
+    reply = codec.decode(await ar.readexactly(size))
+    assert reply.error is not None and reply.error.code == ErrorCode.CANCELLED
+    aw.close()
+    await b.aclose()
+
+
+async def test_msgids_wrap_around_without_colliding() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    a = Endpoint(ar, aw, name="a", initial_msgid=MAX_MSGID - 2)
+    b = Endpoint(br, bw, name="b")
+
+    async def echo(params: Any) -> Any:
+        await asyncio.sleep(0.01)
+        return params
+
+    b.register("echo", echo)
+    a.start()
+    b.start()
+    assert await asyncio.gather(*(a.request("echo", i) for i in range(6))) == list(range(6))
+    assert await a.request("echo", "after") == "after"
+    assert a._next_msgid == 4  # MAX-2, MAX-1, MAX, 0, 1, 2, 3 were used
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_calls_work_in_both_directions_while_serving(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    a, b = endpoints
+
+    async def lookup(params: Any) -> Any:
+        return {"key": params, "value": "from-a"}
+
+    async def serve(params: Any) -> Any:
+        answer = await b.request("lookup", params)  # b calls a while a waits on b
+        return answer["value"]
+
+    a.register("lookup", lookup)
+    b.register("serve", serve)
+    assert await a.request("serve", "k") == "from-a"
+
+
+async def test_pending_calls_fail_with_a_clear_error_when_the_peer_goes_away() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    a = Endpoint(ar, aw, name="a")
+    a.start()
+    call = asyncio.create_task(a.request("anything"))
+    await asyncio.sleep(0.01)
+    bw.close()  # the peer vanishes without answering
+    with pytest.raises(ConnectionClosedError, match="peer closed"):
+        await call
+    with pytest.raises(ConnectionClosedError):
+        await a.request("again")
+    await a.aclose()
+
+
+async def test_garbage_from_the_peer_closes_only_that_session_with_a_reason() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    a = Endpoint(ar, aw, name="a")
+    a.start()
+    call = asyncio.create_task(a.request("x"))
+    await asyncio.sleep(0.01)
+    bw.write(encode_frame(b"\xc1\xc1 not msgpack"))
+    await bw.drain()
+    with pytest.raises(ConnectionClosedError, match="protocol error"):
+        await call
+    assert a.is_closed and "malformed" in (a.close_reason or "")
+    bw.close()
+
+
+async def test_an_oversized_frame_header_closes_the_session() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    a = Endpoint(ar, aw, name="a", max_frame_bytes=1024)
+    a.start()
+    bw.write(HEADER.pack(2**31))
+    await bw.drain()
+    async with asyncio.timeout(2):
+        await a.wait_closed()
+    assert "exceeds 1024" in (a.close_reason or "")
+    bw.close()
+
+
+async def test_a_result_over_the_frame_limit_answers_too_large() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    a = Endpoint(ar, aw, name="a")
+    b = Endpoint(br, bw, name="b", max_frame_bytes=1000)
+
+    async def big(params: Any) -> bytes:
+        return b"x" * 5000
+
+    b.register("big", big)
+    a.start()
+    b.start()
+    with pytest.raises(RemoteError) as info:
+        await a.request("big")
+    assert info.value.code == ErrorCode.TOO_LARGE
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_incoming_calls_are_bounded_and_excess_waits_in_the_pipe() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    a = Endpoint(ar, aw, name="a")
+    b = Endpoint(br, bw, name="b", max_concurrent_requests=2)
+    running = peak = 0
+
+    async def slow(params: Any) -> Any:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return params
+
+    b.register("slow", slow)
+    a.start()
+    b.start()
+    assert await asyncio.gather(*(a.request("slow", i) for i in range(10))) == list(range(10))
+    assert peak == 2
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_aclose_leaves_no_task_behind(endpoints: tuple[Endpoint, Endpoint]) -> None:
+    a, b = endpoints
+
+    async def hang(params: Any) -> None:
+        await asyncio.sleep(60)
+
+    b.register("hang", hang)
+    calls = [asyncio.create_task(a.request("hang")) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    await b.aclose()
+    await a.aclose()
+    for call in calls:
+        with pytest.raises(ConnectionClosedError):
+            await call
+    leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert leftover == []
+
+
+async def test_notifications_reach_their_handler(endpoints: tuple[Endpoint, Endpoint]) -> None:
+    a, b = endpoints
+    seen: list[Any] = []
+    arrived = asyncio.Event()
+    b.register_notification("event", lambda p: (seen.append(p), arrived.set()))
+    await a.notify("event", {"n": 1})
+    await a.notify("unknown-is-ignored", None)
+    async with asyncio.timeout(2):
+        await arrived.wait()
+    assert seen == [{"n": 1}]
