@@ -2,3 +2,7 @@
 
 It composes `protocol` (the wire) and `sandbox` (confinement); they know nothing of each other.
 """
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

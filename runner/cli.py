@@ -1,0 +1,97 @@
+"""The `corral` command line: `serve`, `plugins list`, `sandbox doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .app import build_app
+from .bundles import discover
+
+DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
+NOT_YET = (
+    "admin API, webhooks, egress, install verification and supervision are not implemented yet"
+)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    bundles, problems = discover(args.plugins_dir)
+    for problem in problems:
+        logging.error("bundle %s refused: %s", problem.path, problem.error)
+    where = f"http://{args.host}:{args.port}/"
+    print(
+        f"corral {__version__} (foundation): {where} serves /healthz and a read-only /plugins "
+        f"listing of {len(bundles)} bundle(s) from {args.plugins_dir}; {NOT_YET}.",
+        file=sys.stderr,
+        flush=True,
+    )
+    web.run_app(build_app(bundles), host=args.host, port=args.port, print=None)
+    return 0
+
+
+def _plugins_list(args: argparse.Namespace) -> int:
+    bundles, problems = discover(args.plugins_dir)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "plugins": [
+                        {"id": b.manifest.id, "version": b.manifest.version, "path": str(b.path)}
+                        for b in bundles
+                    ],
+                    "invalid": [
+                        {"path": str(p.path), "problems": p.error.problems} for p in problems
+                    ],
+                }
+            )
+        )
+    else:
+        for b in bundles:
+            print(f"{b.manifest.id:40} {b.manifest.version:12} {b.path}")
+        for p in problems:
+            print(f"INVALID {p.path}: {p.error}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the `corral` command."""
+    parser = argparse.ArgumentParser(
+        prog="corral", description="A sandboxed subprocess plugin runner."
+    )
+    parser.add_argument("--version", action="version", version=f"corral {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the host (HTTP on loopback by default)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    serve.add_argument("--plugins-dir", type=Path, default=DEFAULT_PLUGINS_DIR)
+    serve.set_defaults(func=_serve)
+
+    plugins = commands.add_parser("plugins", help="inspect plugin bundles")
+    plugin_commands = plugins.add_subparsers(dest="plugins_command", required=True)
+    listing = plugin_commands.add_parser("list", help="list bundles and validate their manifests")
+    listing.add_argument("--plugins-dir", type=Path, default=DEFAULT_PLUGINS_DIR)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=_plugins_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `corral` command; return its exit status."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
