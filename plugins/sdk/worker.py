@@ -103,6 +103,8 @@ class WorkerRuntime:
                 start = getattr(instance, "start", None)
                 if start is not None:
                     await start()
+            except RemoteError:
+                raise
             except Exception as exc:
                 _log.exception("plugin %s failed to start %s", manifest.id, impl.kind)
                 raise RemoteError(
