@@ -1,7 +1,7 @@
 """The sandbox policy: what a confined child may do, as plain data the host hands to the child.
 
-The host builds a `SandboxPolicy`, serializes it with `to_json`, and the bootstrap inside the child
-rebuilds it with `from_json` before applying any layer. This module only describes; it applies nothing.
+The host builds a `SandboxPolicy`, serializes it with `to_json`, and the bootstrap inside the
+child rebuilds it with `from_json` before applying any layer. This module only describes.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class SandboxPolicy:
     """Everything the bootstrap needs to confine one worker, and nothing it must discover itself.
 
     Paths are absolute. `sys_path` becomes the child's `sys.path` (the interpreter runs with
-    `-I -S`); `read_only_paths` should cover it, the interpreter's prefix and shared libraries.
+    `-I -S`); each entry may be listed, but only `read_only_paths` may be read, so those should
+    cover the stdlib, site-packages, shared libraries and the plugin's own packages.
     """
 
     scratch_dir: str
@@ -54,7 +55,9 @@ class SandboxPolicy:
     isolate_network: bool = True  # new user + network namespace
     landlock: bool = True
     seccomp: bool = True
-    cgroup_dir: str | None = None  # a cgroup the host prepared; the child joins it first
+    cgroup_dirs: tuple[
+        str, ...
+    ] = ()  # cgroups the host prepared (v1: one per hierarchy); joined first
     host_pid: int = 0  # PDEATHSIG is checked against this pid (the process that spawned us)
 
     def to_json(self) -> str:
@@ -64,8 +67,8 @@ class SandboxPolicy:
     @classmethod
     def from_json(cls, text: str) -> SandboxPolicy:
         """Rebuild a policy serialized with `to_json`; raises ValueError on bad input."""
-        raw: dict[str, Any] = json.loads(text)
         try:
+            raw: dict[str, Any] = json.loads(text)
             limits = ResourceLimits(**raw.pop("limits"))
             return cls(
                 limits=limits,
@@ -73,7 +76,8 @@ class SandboxPolicy:
                 read_only_paths=tuple(raw.pop("read_only_paths")),
                 read_write_paths=tuple(raw.pop("read_write_paths")),
                 sys_path=tuple(raw.pop("sys_path")),
+                cgroup_dirs=tuple(raw.pop("cgroup_dirs")),
                 **raw,
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"invalid sandbox policy: {exc}") from exc
