@@ -1,19 +1,27 @@
-"""How the host starts a worker process: the `Spawner` seam and the plain (cold) spawner.
+"""How the host starts a worker process: the `Spawner` seam, cold starts and fork-server starts.
 
-A spawner returns a started process whose stdin/stdout are the RPC channel. Confinement is the
-sandbox's job; a spawner only decides how the process comes to exist.
+A spawner turns a `LaunchRequest` into a started process whose stdin/stdout are the RPC channel.
+Confinement itself is applied inside the child by the sandbox's bootstrap; a spawner only decides
+how the process comes to exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
 from protocol import enlarge_pipe, open_pipe_streams
+from sandbox import SandboxPolicy, build_env, build_launch
+from sandbox.forkserver import ForkServer, ForkServerError
+
+WORKER_MODULE: Final = "plugins.sdk.worker"
+_log = logging.getLogger(__name__)
 
 
 class WorkerProcess(Protocol):
@@ -27,7 +35,27 @@ class WorkerProcess(Protocol):
 
     async def wait(self) -> int: ...
 
-    def send_signal(self, sig: int) -> None: ...
+    def send_signal(self, sig: int, /) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRequest:
+    """What to run: an entry module with arguments, and the policy that confines it.
+
+    `policy=None` runs the worker unconfined with exactly `env`: for tests and development only.
+    With a policy, `env` is added to the sandbox's allow-listed environment.
+    """
+
+    entry_args: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    policy: SandboxPolicy | None = None
+    entry_module: str = WORKER_MODULE
+    python: str = sys.executable
+
+
+def unconfined(bundle_dir: str, env: Mapping[str, str] | None = None) -> LaunchRequest:
+    """A request that runs the worker runtime for `bundle_dir` without any sandbox."""
+    return LaunchRequest(entry_args=(bundle_dir,), env=dict(env or {"PATH": "/usr/bin:/bin"}))
 
 
 @dataclass(slots=True)
@@ -41,46 +69,132 @@ class SpawnedWorker:
 
 
 class Spawner(Protocol):
-    """Start `argv` with its channel on stdin/stdout and its logs on stderr."""
+    """Start a worker for a `LaunchRequest`; raise OSError if it cannot be started."""
 
-    async def spawn(
-        self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None
-    ) -> SpawnedWorker: ...
+    async def spawn(self, request: LaunchRequest) -> SpawnedWorker: ...
 
 
 class ColdSpawner:
-    """Start every worker as a fresh process, in its own session, with only the given env."""
+    """Start every worker as a fresh interpreter, in its own session, under the bootstrap."""
 
-    async def spawn(
-        self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None
-    ) -> SpawnedWorker:
-        """Spawn `argv`; raise OSError if it cannot be executed."""
-        child_in, host_out = os.pipe2(os.O_CLOEXEC)
-        host_in, child_out = os.pipe2(os.O_CLOEXEC)
-        for fd in (host_out, host_in):
-            enlarge_pipe(fd)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=child_in,
-                stdout=child_out,
-                stderr=asyncio.subprocess.PIPE,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=True,
+    async def spawn(self, request: LaunchRequest) -> SpawnedWorker:
+        """Spawn the request's process; raise OSError if it cannot be executed."""
+        if request.policy is None:
+            argv: Sequence[str] = (request.python, "-m", request.entry_module, *request.entry_args)
+            env, cwd = dict(request.env), None
+        else:
+            launch = build_launch(
+                request.policy,
+                request.entry_module,
+                request.entry_args,
+                python=request.python,
+                extra_env=request.env,
             )
-        except BaseException:
-            for fd in (child_in, host_out, host_in, child_out):
-                os.close(fd)
-            raise
-        os.close(child_in)
-        os.close(child_out)
-        reader, writer = await open_pipe_streams(host_in, host_out)
+            argv, env, cwd = launch.argv, dict(launch.env), launch.cwd
+        return await _spawn_exec(argv, env, cwd)
+
+
+async def _spawn_exec(
+    argv: Sequence[str], env: Mapping[str, str], cwd: str | None
+) -> SpawnedWorker:
+    child_in, host_out = os.pipe2(os.O_CLOEXEC)
+    host_in, child_out = os.pipe2(os.O_CLOEXEC)
+    for fd in (host_out, host_in):
+        enlarge_pipe(fd)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=child_in,
+            stdout=child_out,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        for fd in (child_in, host_out, host_in, child_out):
+            os.close(fd)
+        raise
+    os.close(child_in)
+    os.close(child_out)
+    reader, writer = await open_pipe_streams(host_in, host_out)
+    assert process.stderr is not None  # stderr=PIPE
+    return SpawnedWorker(process, reader, writer, process.stderr)
+
+
+class ForkServerSpawner:
+    """Fork confined workers from a preloaded fork-server; cold-start while it is down.
+
+    The fork-server is started on first use and restarted (at most once per
+    `restart_interval_s`) after it dies; meanwhile, and for unconfined requests, workers are
+    started cold. Call `close()` to stop it.
+    """
+
+    def __init__(
+        self,
+        *,
+        sys_path: Sequence[str],
+        preload: Sequence[str] = (WORKER_MODULE,),
+        restart_interval_s: float = 5.0,
+    ) -> None:
+        self._sys_path = tuple(sys_path)
+        self._preload = tuple(preload)
+        self._restart_interval_s = restart_interval_s
+        self._cold = ColdSpawner()
+        self._server: ForkServer | None = None
+        self._last_attempt = float("-inf")
+        self._lock = asyncio.Lock()
+
+    @property
+    def server(self) -> ForkServer | None:
+        """The running fork-server, if any."""
+        return self._server
+
+    async def spawn(self, request: LaunchRequest) -> SpawnedWorker:
+        """Fork the worker, or start it cold if there is no fork-server to fork it."""
+        server = await self._running() if request.policy is not None else None
+        if server is None or request.policy is None:
+            return await self._cold.spawn(request)
+        policy = request.policy
+        env = build_env(policy.scratch_dir, request.env)
+        try:
+            process = await server.spawn(
+                policy, request.entry_module, request.entry_args, env, policy.scratch_dir
+            )
+        except ForkServerError as exc:
+            if server.is_alive:
+                raise OSError(f"fork-server refused the spawn: {exc}") from exc
+            _log.warning("fork-server died (%s); starting this worker cold", exc)
+            return await self._cold.spawn(request)
+        assert process.stdin is not None and process.stdout is not None
         assert process.stderr is not None
-        return SpawnedWorker(process, reader, writer, process.stderr)
+        return SpawnedWorker(process, process.stdout, process.stdin, process.stderr)
 
+    async def _running(self) -> ForkServer | None:
+        async with self._lock:
+            if self._server is not None and self._server.is_alive:
+                return self._server
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._last_attempt < self._restart_interval_s:
+                return None
+            self._last_attempt = loop.time()
+            if self._server is not None:
+                _log.warning("fork-server is gone; restarting it")
+                with contextlib.suppress(ForkServerError):
+                    await self._server.close(timeout_s=1.0)
+            try:
+                self._server = await ForkServer.start(
+                    preload=self._preload, sys_path=self._sys_path
+                )
+            except ForkServerError as exc:
+                _log.error("cannot start the fork-server: %s; workers start cold", exc)
+                self._server = None
+            return self._server
 
-def worker_argv(bundle_dir: str, python: str = sys.executable) -> list[str]:
-    """The command line of an unconfined worker serving `bundle_dir`."""
-    return [python, "-m", "plugins.sdk.worker", bundle_dir]
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the fork-server (its remaining workers die with it)."""
+        async with self._lock:
+            if self._server is not None:
+                await self._server.close(timeout_s)
+                self._server = None

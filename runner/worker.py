@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ from protocol import (
 from protocol.endpoint import Handler
 
 from .errors import WorkerStartError
-from .spawn import SpawnedWorker, Spawner, WorkerProcess
+from .spawn import LaunchRequest, SpawnedWorker, Spawner, WorkerProcess
 
 _log = logging.getLogger(__name__)
 
@@ -63,9 +63,7 @@ class WorkerSpec:
 
     plugin_id: str
     tenant_id: str
-    argv: Sequence[str]
-    env: Mapping[str, str]
-    cwd: str | None = None
+    launch: LaunchRequest
     config: Mapping[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     start_timeout_s: float = 10.0
@@ -74,8 +72,15 @@ class WorkerSpec:
 class PluginWorker:
     """A started, initialized worker. Create it with `await PluginWorker.start(...)`."""
 
-    def __init__(self, spec: WorkerSpec, spawned: SpawnedWorker, endpoint: Endpoint) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        spawned: SpawnedWorker,
+        endpoint: Endpoint,
+        on_release: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.spec = spec
+        self._on_release = on_release
         self._process: WorkerProcess = spawned.process
         self._endpoint = endpoint
         self.info: InitializeResult | None = None
@@ -91,12 +96,21 @@ class PluginWorker:
         spawner: Spawner,
         *,
         host_functions: Mapping[str, Handler] | None = None,
+        on_release: Callable[[], Awaitable[None]] | None = None,
     ) -> PluginWorker:
-        """Spawn and initialize a worker; raise WorkerStartError (or VersionMismatchError)."""
+        """Spawn and initialize a worker; raise WorkerStartError (or VersionMismatchError).
+
+        `on_release` runs once the worker is stopped and reaped (or failed to start), to free
+        what was prepared for it (scratch, uid, cgroup).
+        """
         try:
-            spawned = await spawner.spawn(spec.argv, env=spec.env, cwd=spec.cwd)
-        except OSError as exc:
-            raise WorkerStartError(spec.plugin_id, f"cannot spawn: {exc}") from exc
+            spawned = await spawner.spawn(spec.launch)
+        except BaseException as exc:
+            if on_release is not None:
+                await on_release()
+            if isinstance(exc, OSError):
+                raise WorkerStartError(spec.plugin_id, f"cannot spawn: {exc}") from exc
+            raise
         endpoint = Endpoint(
             spawned.reader,
             spawned.writer,
@@ -109,7 +123,7 @@ class PluginWorker:
         functions.update(host_functions or {})
         for method, handler in functions.items():
             endpoint.register(method, handler)
-        worker = cls(spec, spawned, endpoint)
+        worker = cls(spec, spawned, endpoint, on_release)
         endpoint.start()
         try:
             worker.info = await worker._handshake()
@@ -216,11 +230,21 @@ class PluginWorker:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             self._process.send_signal(sig)
-        # Plain workers lead their own process group; signal any stragglers in it too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, sig)
+        if isinstance(self._process, asyncio.subprocess.Process):
+            # Our own child leads its own group and is not reaped yet, so its pid (the group
+            # id) cannot have been reused: signal any stragglers in the group too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, sig)
 
     async def _release(self) -> None:
+        release, self._on_release = self._on_release, None
+        try:
+            await self._release_channel()
+        finally:
+            if release is not None:
+                await release()
+
+    async def _release_channel(self) -> None:
         await self._endpoint.aclose("worker stopped")
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             async with asyncio.timeout(1.0):

@@ -9,7 +9,7 @@ from typing import Any
 import psutil
 import pytest
 
-from runner.spawn import ColdSpawner, worker_argv
+from runner.spawn import ColdSpawner, unconfined
 from runner.worker import PluginWorker, WorkerSpec
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "plugins"
@@ -22,8 +22,7 @@ def echo_spec(bundle: Path = FIXTURES / "echo", **overrides: Any) -> WorkerSpec:
     fields: dict[str, Any] = {
         "plugin_id": ECHO_ID,
         "tenant_id": "tenant-a",
-        "argv": worker_argv(str(bundle)),
-        "env": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        "launch": unconfined(str(bundle), {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}),
     }
     fields.update(overrides)
     return WorkerSpec(**fields)

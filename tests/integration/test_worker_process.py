@@ -14,7 +14,7 @@ import pytest
 from protocol import CallTimeoutError, ConnectionClosedError, ErrorCode, RemoteError
 from protocol.categories.input_validator import ValidationInput, ValidationResult
 from runner.errors import WorkerStartError
-from runner.spawn import worker_argv
+from runner.spawn import LaunchRequest
 
 from .conftest import FIXTURES, StartWorker, echo_spec
 
@@ -115,14 +115,16 @@ async def test_a_bundle_that_cannot_load_fails_the_start_with_its_reason(
 async def test_a_worker_that_never_starts_fails_within_the_start_deadline(
     start_worker: StartWorker,
 ) -> None:
-    spec = echo_spec(argv=["/bin/sleep", "30"], start_timeout_s=0.3)
+    hang = LaunchRequest(entry_args=(), entry_module="tests.fixtures.sleeper")
+    spec = echo_spec(launch=hang, start_timeout_s=0.3)
     with pytest.raises(WorkerStartError, match="timed out"):
         await start_worker(spec)
 
 
 async def test_a_missing_executable_is_a_start_error(start_worker: StartWorker) -> None:
     with pytest.raises(WorkerStartError, match="cannot spawn"):
-        await start_worker(echo_spec(argv=["/nonexistent/python"]))
+        missing = LaunchRequest(entry_args=(), python="/nonexistent/python")
+        await start_worker(echo_spec(launch=missing))
 
 
 async def test_the_worker_gets_only_the_environment_it_is_given(
@@ -136,8 +138,7 @@ async def test_the_worker_gets_only_the_environment_it_is_given(
 
 
 async def test_cancelling_a_start_leaves_no_process_behind(start_worker: StartWorker) -> None:
-    spec = echo_spec(argv=worker_argv(str(FIXTURES / "echo")))
-    task = asyncio.create_task(start_worker(spec))
+    task = asyncio.create_task(start_worker(echo_spec()))
     await asyncio.sleep(0.02)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

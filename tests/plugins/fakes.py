@@ -9,7 +9,6 @@ import email.parser
 import email.policy
 import json
 import os
-import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import msgspec
 
 from plugins.sdk.testing import serve_bundle
 from protocol import HTTP_REQUEST_METHOD, Endpoint, HttpRequest, HttpResponse, InitializeResult
-from runner.spawn import ColdSpawner, worker_argv
+from runner.spawn import ColdSpawner, unconfined
 from runner.worker import PluginWorker, WorkerSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,9 +111,10 @@ async def start_real_worker(bundle: str, plugin_id: str, config: Mapping[str, An
     spec = WorkerSpec(
         plugin_id=plugin_id,
         tenant_id="tenant-a",
-        argv=worker_argv(str(PLUGINS / bundle), sys.executable),
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)},
-        cwd=str(REPO),
+        launch=unconfined(
+            str(PLUGINS / bundle),
+            {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)},
+        ),
         config=config,
     )
     return await PluginWorker.start(spec, ColdSpawner())
