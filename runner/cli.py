@@ -5,11 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
+
+from sandbox import (
+    SandboxPolicy,
+    format_table,
+    probe,
+    required_layers_missing,
+)
+from sandbox.probe import requested_layers
+from sandbox.uids import DEFAULT_FIRST_UID
 
 from . import __version__
 from .app import build_app
@@ -60,6 +70,36 @@ def _plugins_list(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _sandbox_doctor(args: argparse.Namespace) -> int:
+    report = probe()
+    is_root = os.geteuid() == 0
+    policy = SandboxPolicy(
+        scratch_dir="/nonexistent",
+        uid=DEFAULT_FIRST_UID if is_root else None,
+        cgroup_dirs=("-",) if report.cgroups.parents else (),
+    )
+    missing = required_layers_missing(policy, report)
+    if args.json:
+        rows = [
+            {
+                "layer": str(row.layer),
+                "available": row.available,
+                "active": row.layer in requested_layers(policy) and row.available,
+                "detail": row.reason,
+            }
+            for row in report.rows
+        ]
+        print(json.dumps({"layers": rows, "strict_ready": not missing}))
+    else:
+        print(format_table(report, policy).rstrip())
+        if missing:
+            names = ", ".join(str(status.layer) for status in missing)
+            print(f"\nstrict mode would refuse to start workers: missing {names}")
+        else:
+            print("\nevery layer strict mode requires is available")
+    return 1 if missing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `corral` command."""
     parser = argparse.ArgumentParser(
@@ -80,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--plugins-dir", type=Path, default=DEFAULT_PLUGINS_DIR)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_plugins_list)
+
+    sandbox = commands.add_parser("sandbox", help="inspect worker confinement")
+    sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    doctor = sandbox_commands.add_parser(
+        "doctor",
+        help="probe which confinement layers this kernel offers",
+        description="Probe each layer in a throw-away child; exit 1 if strict mode would refuse "
+        "to start workers.",
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(func=_sandbox_doctor)
     return parser
 
 

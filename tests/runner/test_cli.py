@@ -53,3 +53,16 @@ async def test_the_app_serves_health_and_the_bundle_listing() -> None:
     assert "dev.corral.twilio-sms" in ids
     twilio = next(p for p in listing["plugins"] if p["id"] == "dev.corral.twilio-sms")
     assert twilio["settings_schema"]["properties"]["auth_token"]["writeOnly"] is True
+
+
+def test_sandbox_doctor_reports_every_layer_and_strict_readiness(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["sandbox", "doctor", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    layers = {row["layer"]: row for row in report["layers"]}
+    assert {"rlimits", "namespaces", "landlock", "seccomp", "pdeathsig"} <= set(layers)
+    assert status == (0 if report["strict_ready"] else 1)
+    # Where the kernel offers a layer, the doctor must say so (this machine offers them all).
+    for name in ("namespaces", "landlock", "seccomp"):
+        assert layers[name]["available"], layers[name]["detail"]
