@@ -67,6 +67,17 @@ class WorkerSpec:
     config: Mapping[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     start_timeout_s: float = 10.0
+    config_digest: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerIdentity:
+    """What a worker is pinned to; a call for one identity never goes to another's worker."""
+
+    tenant_id: str
+    plugin_id: str
+    plugin_version: str
+    config_digest: str
 
 
 class PluginWorker:
@@ -85,6 +96,11 @@ class PluginWorker:
         self._endpoint = endpoint
         self.info: InitializeResult | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.inflight = 0
+        self.calls = 0
+        self.started_at = asyncio.get_running_loop().time()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._relay = asyncio.get_running_loop().create_task(
             self._relay_stderr(spawned.stderr), name=f"stderr-{spawned.process.pid}"
         )
@@ -184,6 +200,13 @@ class PluginWorker:
         """Whether the channel is open and the process has not exited."""
         return not self._endpoint.is_closed and self._process.returncode is None
 
+    @property
+    def identity(self) -> WorkerIdentity:
+        """The (tenant, plugin, version, config digest) this worker serves."""
+        version = self.info.plugin_version if self.info is not None else ""
+        spec = self.spec
+        return WorkerIdentity(spec.tenant_id, spec.plugin_id, version, spec.config_digest)
+
     async def call(
         self,
         method: str,
@@ -193,9 +216,21 @@ class PluginWorker:
         result_type: type[Any] | None = None,
     ) -> Any:
         """Call a method on the worker (see `Endpoint.request` for errors raised)."""
-        return await self._endpoint.request(
-            method, params, timeout_s=timeout_s, result_type=result_type
-        )
+        self.inflight += 1
+        self.calls += 1
+        self._idle.clear()
+        try:
+            return await self._endpoint.request(
+                method, params, timeout_s=timeout_s, result_type=result_type
+            )
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no call is in flight (bound it with `asyncio.timeout`)."""
+        await self._idle.wait()
 
     async def ping(self, timeout_s: float) -> None:
         """Raise unless the worker answers a ping within `timeout_s`."""
@@ -208,14 +243,24 @@ class PluginWorker:
                 async with asyncio.timeout(grace_s):
                     await self._endpoint.request(SHUTDOWN_METHOD, None, timeout_s=grace_s)
                     return await self._process.wait()
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                self._signal(sig)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(grace_s):
-                        return await self._process.wait()
-            return await self._process.wait()
+            return await self._escalate(grace_s)
         finally:
             await self._release()
+
+    async def terminate(self, grace_s: float = 2.0) -> int:
+        """SIGTERM the worker (it is not answering), SIGKILL after `grace_s`; reap; release."""
+        try:
+            return await self._escalate(grace_s)
+        finally:
+            await self._release()
+
+    async def _escalate(self, grace_s: float) -> int:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            self._signal(sig)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    return await self._process.wait()
+        return await self._process.wait()
 
     async def kill(self) -> int:
         """SIGKILL the worker at once, reap it and release its resources."""
