@@ -36,6 +36,7 @@ class WorkerLauncher:
         limits: Limits | None = None,
         start_timeout_s: float = 10.0,
         host_functions: Mapping[str, Handler] | None = None,
+        config_digest: str = "",
     ) -> PluginWorker:
         """Start one confined worker; raise WorkerStartError if it does not come up.
 
@@ -57,6 +58,7 @@ class WorkerLauncher:
             config=dict(config or {}),
             limits=limits or Limits(),
             start_timeout_s=start_timeout_s,
+            config_digest=config_digest,
         )
         return await PluginWorker.start(
             spec, self.spawner, host_functions=host_functions, on_release=confinement.release
