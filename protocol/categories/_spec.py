@@ -33,6 +33,7 @@ class CategorySpec:
     description: str
     dispatch: Dispatch
     methods: dict[str, MethodSpec] = field(default_factory=dict)
+    verdict: str | None = None  # the result field that says pass/allow (all_must_pass, ...)
 
     def wire_name(self, method: str) -> str:
         """Return the method name as it travels on the wire."""

@@ -30,4 +30,5 @@ SPEC: Final = CategorySpec(
     description="Custom credential checks, MFA, hardware tokens.",
     dispatch=Dispatch.FIRST_NON_EMPTY,
     methods={"authenticate": MethodSpec(Credentials, AuthResult)},
+    verdict="authenticated",
 )

@@ -29,4 +29,5 @@ SPEC: Final = CategorySpec(
     description="Domain rules, password strength, denylists.",
     dispatch=Dispatch.ALL_MUST_PASS,
     methods={"validate": MethodSpec(ValidationInput, ValidationResult)},
+    verdict="valid",
 )

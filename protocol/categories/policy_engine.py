@@ -30,4 +30,5 @@ SPEC: Final = CategorySpec(
     description="Rego, OPA, custom ABAC.",
     dispatch=Dispatch.ALL_MUST_PASS,
     methods={"evaluate": MethodSpec(PolicyInput, PolicyDecision)},
+    verdict="allow",
 )

@@ -29,4 +29,5 @@ SPEC: Final = CategorySpec(
     description="Token bucket, leaky bucket, vendor APIs.",
     dispatch=Dispatch.ALL_MUST_PASS,
     methods={"check": MethodSpec(RateLimitQuery, RateLimitDecision)},
+    verdict="allowed",
 )
