@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,52 @@ class ColdSpawner:
         return await _spawn_exec(argv, env, cwd)
 
 
+class OwnChild:
+    """A worker we spawned ourselves, signalled through a pidfd.
+
+    `asyncio.subprocess.Process.send_signal` goes through `Popen.send_signal`, which polls (reaps)
+    the child first and so races asyncio's child watcher (which then reports status 255). A
+    pidfd signal never reaps and can never reach a reused pid.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self._pidfd: int | None
+        try:
+            self._pidfd = os.pidfd_open(process.pid)
+        except ProcessLookupError:  # it exited and was reaped already
+            self._pidfd = None
+
+    @property
+    def pid(self) -> int:
+        """The worker's pid (and process group id: it leads its own session)."""
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped (negative: the signal that killed it)."""
+        return self._process.returncode
+
+    async def wait(self) -> int:
+        """Wait for the worker to exit and be reaped; return its status."""
+        status = await self._process.wait()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return status
+
+    def send_signal(self, sig: int, /) -> None:
+        """Signal the worker; raise ProcessLookupError once it has been reaped."""
+        if self._pidfd is None:
+            raise ProcessLookupError(self.pid)
+        signal.pidfd_send_signal(self._pidfd, sig)
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the worker's whole process group, while its pid is still ours."""
+        self.send_signal(0)  # raises once reaped: the group id could then be reused
+        os.killpg(self.pid, sig)
+
+
 async def _spawn_exec(
     argv: Sequence[str], env: Mapping[str, str], cwd: str | None
 ) -> SpawnedWorker:
@@ -120,7 +167,7 @@ async def _spawn_exec(
     os.close(child_out)
     reader, writer = await open_pipe_streams(host_in, host_out)
     assert process.stderr is not None  # stderr=PIPE
-    return SpawnedWorker(process, reader, writer, process.stderr)
+    return SpawnedWorker(OwnChild(process), reader, writer, process.stderr)
 
 
 class ForkServerSpawner:

@@ -12,7 +12,6 @@ import collections
 import contextlib
 import json
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from protocol import (
 from protocol.endpoint import Handler
 
 from .errors import WorkerStartError
-from .spawn import LaunchRequest, SpawnedWorker, Spawner, WorkerProcess
+from .spawn import LaunchRequest, OwnChild, SpawnedWorker, Spawner, WorkerProcess
 
 _log = logging.getLogger(__name__)
 
@@ -275,11 +274,10 @@ class PluginWorker:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             self._process.send_signal(sig)
-        if isinstance(self._process, asyncio.subprocess.Process):
-            # Our own child leads its own group and is not reaped yet, so its pid (the group
-            # id) cannot have been reused: signal any stragglers in the group too.
+        if isinstance(self._process, OwnChild):
+            # Our own child leads its own process group: signal any stragglers in it too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._process.pid, sig)
+                self._process.signal_group(sig)
 
     async def _release(self) -> None:
         release, self._on_release = self._on_release, None
