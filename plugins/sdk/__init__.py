@@ -1,11 +1,10 @@
 """The author-facing SDK: declare a `Plugin`, implement its categories, get a `Context`.
 
-Plugins import only this package. The worker runtime that serves them is `plugins.sdk.worker`.
+Plugins import only this package (and `plugins.sdk.providers`, helpers for HTTP providers, which
+is imported on demand to keep worker start-up lean). The runtime is `plugins.sdk.worker`.
 """
 
 from protocol import ErrorCode, HttpResponse, RemoteError
-
-from . import providers
 from .categories import *  # noqa: F403 - the category structs are part of the SDK's surface
 from .categories import __all__ as _category_names
 from .context import Context, HttpClient
@@ -21,6 +20,5 @@ __all__ = [
     "PluginDefinitionError",
     "PluginError",
     "RemoteError",
-    "providers",
     *_category_names,
 ]
