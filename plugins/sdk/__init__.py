@@ -5,6 +5,7 @@ is imported on demand to keep worker start-up lean). The runtime is `plugins.sdk
 """
 
 from protocol import ErrorCode, HttpResponse, RemoteError
+
 from .categories import *  # noqa: F403 - the category structs are part of the SDK's surface
 from .categories import __all__ as _category_names
 from .context import Context, HttpClient
