@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -17,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
+
+import psutil
 
 import plugins.sdk
 import protocol
@@ -48,6 +51,10 @@ RUNTIME_PACKAGES: Final = (
 )
 _DIR_MODE: Final = 0o755
 _FILE_MODE: Final = 0o644
+
+
+class StateDirBusyError(RunnerError):
+    """Another corral host holds the state directory's lock."""
 
 
 class SandboxUnavailableError(RunnerError):
@@ -90,8 +97,10 @@ class WorkerSandbox:
         report: SandboxReport,
         cgroups: CgroupSupport | None,
         runtime_dir: Path,
+        lock_fd: int | None = None,
     ) -> None:
         self.settings = settings
+        self._lock_fd = lock_fd
         self.report = report
         self._cgroups = cgroups
         self.runtime_dir = runtime_dir
@@ -108,6 +117,15 @@ class WorkerSandbox:
 
         Raises SandboxUnavailableError in strict mode when a layer the policy needs is missing.
         """
+        lock_fd = await asyncio.to_thread(_lock_state_dir, settings.state_dir)
+        try:
+            return await cls._open_locked(settings, lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @classmethod
+    async def _open_locked(cls, settings: SandboxSettings, lock_fd: int) -> WorkerSandbox:
         report = await asyncio.to_thread(probe)
         cgroups = await asyncio.to_thread(prepare_cgroups) if settings.cgroups else None
         if cgroups is not None and not cgroups.parents:
@@ -117,8 +135,9 @@ class WorkerSandbox:
                 cgroups.reason,
             )
             cgroups = None
+        await asyncio.to_thread(_sweep, settings.state_dir / "scratch", cgroups)
         runtime_dir = await asyncio.to_thread(_materialize_runtime, settings.state_dir)
-        sandbox = cls(settings, report, cgroups, runtime_dir)
+        sandbox = cls(settings, report, cgroups, runtime_dir, lock_fd)
         missing = required_layers_missing(sandbox.template_policy(), report)
         if missing:
             layers = [(str(status.layer), status.reason) for status in missing]
@@ -126,6 +145,12 @@ class WorkerSandbox:
                 raise SandboxUnavailableError(layers)
             _log.warning("PERMISSIVE sandbox: workers start without %s", layers)
         return sandbox
+
+    def close(self) -> None:
+        """Release the state directory's lock (after every worker has stopped)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def template_policy(self) -> SandboxPolicy:
         """The policy every worker gets, before its own scratch, uid and paths are filled in.
@@ -191,15 +216,79 @@ class WorkerSandbox:
 async def _release(
     uid: int | None, uids: UidPool, scratch: str, cgroup: WorkerCgroup | None
 ) -> None:
-    # Kill anything left in the cgroup before the uid goes back to the pool.
+    """Free a worker's cgroup, scratch and uid, in that order.
+
+    The uid goes back to the pool only when everything it owned is gone: a leftover scratch
+    directory would otherwise belong to the next tenant that gets the uid.
+    """
+    clean = True
     if cgroup is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(cgroup.remove)
+        try:
+            await asyncio.to_thread(cgroup.remove)  # kills anything still in it
+        except Exception:
+            clean = False
+            _log.error("cannot remove cgroup %s", cgroup.dirs, exc_info=True)
     if scratch:
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.to_thread(remove_scratch, scratch)
-    if uid is not None:
+        except Exception:
+            clean = False
+            _log.error(
+                "cannot remove scratch %s; its uid %s stays reserved", scratch, uid, exc_info=True
+            )
+    if uid is not None and clean:
         uids.release(uid)
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    """Take the state directory's exclusive lock; raise StateDirBusyError if another host has it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "host.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirBusyError(f"another corral host is using {state_dir}") from None
+    return fd
+
+
+def _sweep(scratch_root: Path, cgroups: CgroupSupport | None) -> None:
+    """Remove what a host that died without cleaning up left: scratch dirs and worker cgroups.
+
+    Runs under the state directory's lock, so every scratch directory is stale. Cgroups are
+    shared by every host in this cgroup, so only those named after a dead host pid are removed.
+    """
+    if scratch_root.is_dir():
+        stale = sorted(scratch_root.iterdir())
+        for path in stale:
+            remove_scratch(str(path))
+        if stale:
+            _log.warning("removed %d scratch directories left by an earlier run", len(stale))
+    if cgroups is None:
+        return
+    names = {n for parent in cgroups.parents for n in _listdir(parent)}
+    for name in sorted(names):
+        host_pid = _host_pid_of(name)
+        if host_pid is None or host_pid == os.getpid() or psutil.pid_exists(host_pid):
+            continue
+        dirs = tuple(
+            os.path.join(p, name) for p in cgroups.parents if os.path.isdir(os.path.join(p, name))
+        )
+        WorkerCgroup(cgroups.version, dirs).remove()
+        _log.warning("removed cgroup %s left by dead host %d", name, host_pid)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _host_pid_of(name: str) -> int | None:
+    """Worker cgroups are named `<tenant>.<plugin>.<host pid>.<n>` (see `confine`)."""
+    parts = name.rsplit(".", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
 def _safe(text: str) -> str:

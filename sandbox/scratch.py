@@ -39,14 +39,50 @@ def create_scratch(root: str, name: str, *, uid: int | None = None, gid: int | N
 def remove_scratch(path: str) -> None:
     """Delete `path` and everything in it; idempotent. Raises ScratchError on failure.
 
-    Safe against symlinks a worker planted (the removal works on fds). Blocking: call via
-    asyncio.to_thread for a large directory.
+    Works on directory fds and never follows a symlink a worker planted. It is iterative, with
+    at most two fds open, so a worker cannot defeat it with a very deep tree (shutil.rmtree
+    recurses and raises RecursionError). Call it only once the worker is dead. Blocking: call via
+    asyncio.to_thread.
     """
-    import shutil  # deferred: shutil imports compression modules the child never needs
-
     try:
-        shutil.rmtree(path)
+        _remove_tree(path)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise ScratchError(path, f"cannot remove: {exc.strerror}") from exc
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_tree(path: str) -> None:
+    current = os.open(path, _DIR_FLAGS)
+    names: list[str] = []  # the path from `path` down to `current`
+    try:
+        while True:
+            subdir = _empty_files(current)
+            if subdir is not None:  # go down into it
+                child = os.open(subdir, _DIR_FLAGS, dir_fd=current)
+                os.close(current)
+                current = child
+                names.append(subdir)
+                continue
+            if not names:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=current)  # ".." is never a symlink
+            os.close(current)
+            current = parent
+            os.rmdir(names.pop(), dir_fd=current)
+    finally:
+        os.close(current)
+    os.rmdir(path)
+
+
+def _empty_files(dir_fd: int) -> str | None:
+    """Unlink every non-directory in `dir_fd`; return the name of a subdirectory, if any."""
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                return entry.name
+            os.unlink(entry.name, dir_fd=dir_fd)
+    return None

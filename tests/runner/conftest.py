@@ -29,6 +29,7 @@ async def launcher() -> AsyncIterator[WorkerLauncher]:
         yield WorkerLauncher(sandbox, spawner)
     finally:
         await spawner.close()
+        sandbox.close()
         scratch = state / "scratch"
         leftovers = list(scratch.iterdir()) if scratch.exists() else []
         shutil.rmtree(state, ignore_errors=True)
