@@ -24,6 +24,7 @@ from sandbox.uids import DEFAULT_FIRST_UID
 from . import __version__
 from .app import build_app
 from .bundles import discover
+from .install_cli import add_install_commands
 
 DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 NOT_YET = (
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--plugins-dir", type=Path, default=DEFAULT_PLUGINS_DIR)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_plugins_list)
+    add_install_commands(plugin_commands)
 
     sandbox = commands.add_parser("sandbox", help="inspect worker confinement")
     sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", required=True)

@@ -11,6 +11,7 @@ removing, renaming or changing any file, or its execute bit, changes it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import stat
 from pathlib import Path
@@ -69,3 +70,27 @@ def tree_digest(root: Path) -> str:
     for relative, path, executable in tree_files(root):
         h.update(f"{file_digest(path)} {'x' if executable else '-'} {relative}\n".encode())
     return h.hexdigest()
+
+
+def skipped_dirs(root: Path) -> list[str]:
+    """Return the relative paths of directories the tree digest skips (`__pycache__`).
+
+    A store entry never holds one (install leaves them out), so finding one there means
+    someone planted code the digest cannot see.
+    """
+    found: list[str] = []
+    for dirpath, dirnames, _filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        found.extend((base / d).relative_to(root).as_posix() for d in dirnames if d in SKIPPED_DIRS)
+        dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
+    return sorted(found)
+
+
+def is_sha256_hex(text: str) -> bool:
+    """Return whether `text` is 64 lower-case hex digits (how digests are written everywhere)."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def digests_equal(expected: str, actual: str) -> bool:
+    """Compare two hex digests in constant time (`hmac.compare_digest`)."""
+    return hmac.compare_digest(expected.encode("ascii"), actual.encode("ascii"))
