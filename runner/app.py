@@ -1,6 +1,6 @@
-"""The aiohttp application. For now: liveness and a read-only listing of the shipped bundles.
+"""The aiohttp application. For now: liveness and a read-only listing of the verified plugins.
 
-The admin API, webhooks and supervision are later work; this module says so rather than pretend.
+The admin API and webhooks are later work; this module says so rather than pretend.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from aiohttp import web
 
 from protocol import config_schema
 
-from .bundles import Bundle
+from .host import Host
 
-BUNDLES: web.AppKey[list[Bundle]] = web.AppKey("bundles", list)
+HOST: web.AppKey[Host] = web.AppKey("host", Host)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,25 +20,29 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def list_plugins(request: web.Request) -> web.Response:
-    """List the bundles found at start-up with their manifests and config schemas."""
-    plugins = [
-        {
-            "id": b.manifest.id,
-            "version": b.manifest.version,
-            "name": b.manifest.display_name,
-            "type": [c.kind for c in b.manifest.categories],
-            "enabled": False,
-            "settings_schema": config_schema(b.manifest),
-        }
-        for b in request.app[BUNDLES]
-    ]
+    """List the verified plugins with their manifests and config schemas."""
+    host = request.app[HOST]
+    plugins = []
+    for plugin_id, record in sorted(host.plugins.items()):
+        manifest = host.manifests[plugin_id]
+        plugins.append(
+            {
+                "id": plugin_id,
+                "version": record.version,
+                "digest": record.digest,
+                "name": manifest.display_name,
+                "type": [c.kind for c in manifest.categories],
+                "enabled": False,
+                "settings_schema": config_schema(manifest),
+            }
+        )
     return web.json_response({"plugins": plugins})
 
 
-def build_app(bundles: list[Bundle]) -> web.Application:
-    """Return the application serving `bundles`."""
+def build_app(host: Host) -> web.Application:
+    """Return the application serving `host`."""
     app = web.Application()
-    app[BUNDLES] = bundles
+    app[HOST] = host
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/plugins", list_plugins)
     return app

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -24,26 +26,53 @@ from sandbox.uids import DEFAULT_FIRST_UID
 from . import __version__
 from .app import build_app
 from .bundles import discover
+from .host import Host, HostSettings
 from .install_cli import add_install_commands
 
 DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
-NOT_YET = (
-    "admin API, webhooks, egress, install verification and supervision are not implemented yet"
-)
+NOT_YET = "the admin API, webhooks and egress are not implemented yet"
+
+
+def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """`CORRAL_STATE_DIR`, else /var/lib/corral for root, else ~/.local/state/corral.
+
+    Worker uids must be able to traverse it, so it must not sit under a 0700 directory.
+    """
+    if environ.get("CORRAL_STATE_DIR"):
+        return Path(environ["CORRAL_STATE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/corral")
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "corral"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    bundles, problems = discover(args.plugins_dir)
-    for problem in problems:
-        logging.error("bundle %s refused: %s", problem.path, problem.error)
-    where = f"http://{args.host}:{args.port}/"
-    print(
-        f"corral {__version__} (foundation): {where} serves /healthz and a read-only /plugins "
-        f"listing of {len(bundles)} bundle(s) from {args.plugins_dir}; {NOT_YET}.",
-        file=sys.stderr,
-        flush=True,
-    )
-    web.run_app(build_app(bundles), host=args.host, port=args.port, print=None)
+    return asyncio.run(_serve_async(args))
+
+
+async def _serve_async(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or default_state_dir()
+    host = await Host.start(HostSettings.from_env(state_dir))
+    runner = web.AppRunner(build_app(host), access_log=None)
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, args.host, args.port).start()
+        loaded = ", ".join(sorted(host.plugins)) or "none"
+        print(
+            f"corral {__version__}: http://{args.host}:{args.port}/ (state {state_dir}, profile "
+            f"{host.settings.profile}, sandbox {host.sandbox.settings.mode}); verified plugins: "
+            f"{loaded}. Serving /healthz and a read-only /plugins listing; {NOT_YET}.",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await host.close()
     return 0
 
 
@@ -112,7 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the host (HTTP on loopback by default)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
-    serve.add_argument("--plugins-dir", type=Path, default=DEFAULT_PLUGINS_DIR)
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="plugin store, worker scratch and runtime (default: $CORRAL_STATE_DIR, "
+        "/var/lib/corral as root, else ~/.local/state/corral)",
+    )
     serve.set_defaults(func=_serve)
 
     plugins = commands.add_parser("plugins", help="inspect plugin bundles")

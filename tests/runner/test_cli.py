@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from runner.app import build_app
-from runner.bundles import discover
-from runner.cli import DEFAULT_PLUGINS_DIR, main
+from runner.cli import main
+from runner.host import Host, HostSettings
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "plugins"
 
@@ -43,12 +45,18 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert "serve" in capsys.readouterr().out
 
 
-async def test_the_app_serves_health_and_the_bundle_listing() -> None:
-    bundles, _ = discover(DEFAULT_PLUGINS_DIR)
-    async with TestClient(TestServer(build_app(bundles))) as client:
-        health = await client.get("/healthz")
-        assert health.status == 200 and await health.json() == {"status": "ok"}
-        listing = await (await client.get("/plugins")).json()
+async def test_the_app_serves_health_and_the_verified_plugins() -> None:
+    state = Path(tempfile.mkdtemp(prefix="corral-app-", dir="/tmp"))
+    os.chmod(state, 0o755)
+    host = await Host.start(HostSettings(state_dir=state))
+    try:
+        async with TestClient(TestServer(build_app(host))) as client:
+            health = await client.get("/healthz")
+            assert health.status == 200 and await health.json() == {"status": "ok"}
+            listing = await (await client.get("/plugins")).json()
+    finally:
+        await host.close()
+        shutil.rmtree(state, ignore_errors=True)
     ids = {p["id"] for p in listing["plugins"]}
     assert "dev.corral.twilio-sms" in ids
     twilio = next(p for p in listing["plugins"] if p["id"] == "dev.corral.twilio-sms")

@@ -1,0 +1,223 @@
+"""The host's core, composed: verified plugins, the sandbox, the spawner and the supervisor.
+
+`Host.start` installs the shipped bundles (through the same checks as any install), re-verifies
+every installed plugin, probes the sandbox, and then activates plugins per tenant on request.
+Every worker start re-checks its bundle's digest first. The HTTP layer sits on top of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from protocol import Manifest, load_manifest
+from sandbox import Mode, ResourceLimits
+
+from .allowlist import load_allowlist
+from .bundles import discover
+from .checksums import load_checksums
+from .dispatch import Dispatcher
+from .errors import RunnerError, WorkerStartError
+from .install import Installer, InstallSettings
+from .install_errors import InstallError
+from .install_remote import profile_from_env, remote_install_enabled
+from .install_store import InstalledPlugin
+from .install_verify import PluginStatus
+from .launcher import WorkerLauncher
+from .restart_policy import RestartSettings
+from .sandboxing import SandboxSettings, WorkerSandbox
+from .slot import WatchSettings
+from .spawn import ForkServerSpawner
+from .supervisor import GLOBAL, ActivationKey, ActivationSpec, Supervisor
+from .worker import PluginWorker
+
+HIPAA: Final = "hipaa"
+REPO_ROOT: Final = Path(__file__).resolve().parents[1]
+_log = logging.getLogger(__name__)
+
+
+class PluginNotInstalledError(RunnerError):
+    """The plugin is not installed, or it failed verification and was not loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """Where the host keeps its state, what it trusts, and how it confines workers."""
+
+    state_dir: Path
+    allowlist_path: Path = REPO_ROOT / "allowlist.toml"
+    checksums_path: Path = REPO_ROOT / "checksums.txt"
+    shipped_plugins_dir: Path | None = REPO_ROOT / "plugins"
+    profile: str = "default"
+    remote_install: bool = False
+    sandbox_mode: Mode = Mode.STRICT
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    restart: RestartSettings = field(default_factory=RestartSettings)
+
+    @property
+    def is_hipaa(self) -> bool:
+        """Whether the HIPAA profile is in force (strict sandbox, no remote install)."""
+        return self.profile == HIPAA
+
+    @classmethod
+    def from_env(cls, state_dir: Path, environ: Mapping[str, str] = os.environ) -> HostSettings:
+        """Read `CORRAL_PROFILE`, `CORRAL_PLUGIN_INSTALL` and `CORRAL_SANDBOX_MODE`."""
+        mode = Mode(environ.get("CORRAL_SANDBOX_MODE", Mode.STRICT.value).strip().lower())
+        return cls(
+            state_dir=state_dir,
+            profile=profile_from_env(environ),
+            remote_install=remote_install_enabled(environ),
+            sandbox_mode=mode,
+        )
+
+
+class Host:
+    """Verified plugins plus supervised, sandboxed workers. Build with `await Host.start()`."""
+
+    def __init__(
+        self,
+        settings: HostSettings,
+        installer: Installer,
+        sandbox: WorkerSandbox,
+        spawner: ForkServerSpawner,
+        statuses: list[PluginStatus],
+        manifests: Mapping[str, Manifest],
+    ) -> None:
+        self.settings = settings
+        self.installer = installer
+        self.sandbox = sandbox
+        self.spawner = spawner
+        self.statuses = statuses
+        self.plugins: dict[str, InstalledPlugin] = {
+            s.record.plugin_id: s.record for s in statuses if s.is_ok
+        }
+        self.manifests = dict(manifests)
+        self.launcher = WorkerLauncher(sandbox, spawner)
+        self.supervisor = Supervisor(
+            self._start_worker, watch=settings.watch, restart=settings.restart
+        )
+        self.dispatcher = Dispatcher(self.supervisor)
+
+    @classmethod
+    async def start(cls, settings: HostSettings) -> Host:
+        """Load trust files, install shipped bundles, verify the store, open the sandbox.
+
+        Raises InstallError-derived or sandbox errors when the host cannot run safely: an invalid
+        allowlist or checksums file, or (strict mode) a missing confinement layer.
+        """
+        if settings.is_hipaa and settings.sandbox_mode is not Mode.STRICT:
+            _log.warning("the HIPAA profile forces strict sandboxing")
+        mode = Mode.STRICT if settings.is_hipaa else settings.sandbox_mode
+        installer = Installer(
+            InstallSettings(
+                store_dir=settings.state_dir / "store",
+                allowlist=load_allowlist(settings.allowlist_path),
+                checksums=load_checksums(settings.checksums_path),
+                profile=settings.profile,
+                remote_install=settings.remote_install and not settings.is_hipaa,
+            )
+        )
+        if settings.shipped_plugins_dir is not None:
+            await _install_shipped(installer, settings.shipped_plugins_dir)
+        statuses = await installer.verify_installed()
+        for status in statuses:
+            if not status.is_ok:
+                _log.error(
+                    "plugin %s %s is %s and will not be loaded: %s",
+                    status.record.plugin_id,
+                    status.record.version,
+                    status.status,
+                    status.detail,
+                )
+        sandbox = await WorkerSandbox.open(
+            SandboxSettings(
+                state_dir=settings.state_dir,
+                mode=mode,
+                limits=settings.limits,
+                trusted_bundle_root=settings.state_dir / "store",
+            )
+        )
+        spawner = ForkServerSpawner(sys_path=sandbox.sys_path)
+        ok = [s for s in statuses if s.is_ok]
+        manifests = await asyncio.to_thread(
+            lambda: {s.record.plugin_id: load_manifest(s.path) for s in ok}
+        )
+        return cls(settings, installer, sandbox, spawner, statuses, manifests)
+
+    async def _start_worker(self, spec: ActivationSpec) -> PluginWorker:
+        record = self.plugins.get(spec.plugin_id)
+        if record is None:
+            raise WorkerStartError(spec.plugin_id, "not installed or not verified")
+        try:
+            bundle = await self.installer.verify_for_spawn(record)  # a swapped file shows here
+        except InstallError as exc:
+            _log.error("refusing to start %s: %s", spec.plugin_id, exc)
+            raise WorkerStartError(spec.plugin_id, f"verification failed: {exc.reason}") from exc
+        return await self.launcher.start(
+            plugin_id=spec.plugin_id,
+            tenant_id=spec.tenant_id,
+            bundle_dir=bundle,
+            config=spec.config,
+            config_digest=spec.config_digest,
+        )
+
+    def activation_spec(
+        self, tenant_id: str, plugin_id: str, config: Mapping[str, Any] | None = None
+    ) -> ActivationSpec:
+        """Build the spec of (tenant, plugin) from the verified store; raise if not loaded."""
+        record = self.plugins.get(plugin_id)
+        if record is None:
+            raise PluginNotInstalledError(f"{plugin_id} is not installed (or failed verification)")
+        bundle = self.installer.path_of(record)
+        manifest = self.manifests[plugin_id]
+        return ActivationSpec(tenant_id, plugin_id, bundle, manifest, dict(config or {}))
+
+    async def activate(
+        self,
+        tenant_id: str,
+        plugin_id: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        wait_s: float = 10.0,
+    ) -> bool:
+        """Activate a plugin for a tenant (or `global`); return whether its workers are ready."""
+        return await self.supervisor.activate(
+            self.activation_spec(tenant_id, plugin_id, config), wait_s=wait_s
+        )
+
+    async def reconfigure(self, tenant_id: str, plugin_id: str, config: Mapping[str, Any]) -> None:
+        """Switch an activation to a new config (drain and switch; old keeps serving on failure)."""
+        await self.supervisor.reconfigure(self.activation_spec(tenant_id, plugin_id, config))
+
+    async def deactivate(self, tenant_id: str, plugin_id: str) -> None:
+        """Stop that tenant's workers of the plugin; other tenants' are untouched."""
+        await self.supervisor.deactivate(ActivationKey(tenant_id, plugin_id))
+
+    async def close(self) -> None:
+        """Stop every worker (drain, SIGTERM, SIGKILL, reap), the fork-server, and the sandbox."""
+        try:
+            await self.supervisor.close()
+            await self.spawner.close()
+        finally:
+            self.sandbox.close()
+
+
+async def _install_shipped(installer: Installer, plugins_dir: Path) -> None:
+    """Install the bundles shipped in `plugins_dir`, through the same checks as any install."""
+    bundles, problems = discover(plugins_dir)
+    for problem in problems:
+        _log.error("shipped bundle %s is invalid: %s", problem.path, problem.error)
+    for bundle in bundles:
+        try:
+            await installer.install(bundle.path)
+        except InstallError as exc:
+            _log.error("shipped bundle %s refused: %s", bundle.path, exc)
+
+
+__all__ = ["GLOBAL", "Host", "HostSettings", "PluginNotInstalledError"]
