@@ -195,11 +195,7 @@ async def test_links_planted_in_scratch_do_not_turn_teardown_against_the_host(
     await host.assert_healthy()
 
 
-async def test_a_deep_tree_in_scratch_does_not_survive_teardown(
-    host: Host, request: pytest.FixtureRequest
-) -> None:
-    if host.kind != "cold":
-        pytest.skip("teardown does not depend on the spawner: once is enough (~2 s)")
+async def test_a_deep_tree_in_scratch_does_not_survive_teardown(host: Host) -> None:
     worker = await host.start()
     scratch = Path((await host.whoami(worker))["home"])
     try:
