@@ -230,6 +230,23 @@ async def test_a_memory_hog_is_recycled(launcher: WorkerLauncher) -> None:
         await sup.close()
 
 
+async def test_a_worker_is_recycled_after_max_calls(launcher: WorkerLauncher) -> None:
+    watch = WatchSettings(ping_interval_s=0.2, ping_timeout_s=1.0, max_calls=5)
+    sup = make_supervisor(launcher, watch)
+    try:
+        s = spec()
+        assert await sup.activate(s, wait_s=10)
+        first = await pid_of(sup, s.key)
+        for _ in range(5):
+            await pid_of(sup, s.key)
+        async with asyncio.timeout(10):
+            while await pid_of(sup, s.key) == first:
+                await asyncio.sleep(0.05)
+        assert sup.statuses()[0].slots[0].restarts == 0  # a recycle is not a failure
+    finally:
+        await sup.close()
+
+
 async def test_a_config_change_under_continuous_calls_drops_none(supervisor: Supervisor) -> None:
     old = spec(greeting="old")
     assert await supervisor.activate(old, wait_s=10)
