@@ -3,6 +3,7 @@
 Imports neither aiohttp nor sandbox; it runs over any asyncio StreamReader/StreamWriter pair.
 """
 
+from .allocator import tune_allocator
 from .endpoint import Endpoint
 from .errors import (
     CallTimeoutError,
@@ -14,7 +15,7 @@ from .errors import (
     RemoteError,
     VersionMismatchError,
 )
-from .framing import DEFAULT_MAX_FRAME_BYTES, HEADER, FrameReader, encode_frame
+from .framing import DEFAULT_MAX_FRAME_BYTES, HEADER, FrameParser, FrameReader, encode_frame
 from .handshake import (
     INITIALIZE_METHOD,
     PING_METHOD,
@@ -28,7 +29,7 @@ from .handshake import (
 from .host_functions import HTTP_REQUEST_METHOD, HttpRequest, HttpResponse
 from .manifest import Manifest, config_schema, load_manifest, parse_manifest
 from .messages import CANCEL_METHOD, ErrorObject, MessageCodec, Notification, Request, Response
-from .streams import enlarge_pipe, open_pipe_streams
+from .streams import FrameStreamReader, enlarge_pipe, open_pipe_streams
 
 __all__ = [
     "CANCEL_METHOD",
@@ -45,7 +46,9 @@ __all__ = [
     "ErrorCode",
     "ErrorObject",
     "FrameError",
+    "FrameParser",
     "FrameReader",
+    "FrameStreamReader",
     "HttpRequest",
     "HttpResponse",
     "InitializeParams",
@@ -67,4 +70,5 @@ __all__ = [
     "load_manifest",
     "open_pipe_streams",
     "parse_manifest",
+    "tune_allocator",
 ]

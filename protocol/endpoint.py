@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import msgspec
 
+from .deadlines import Deadlines
 from .errors import (
     CallTimeoutError,
     ConnectionClosedError,
@@ -24,7 +25,14 @@ from .errors import (
     ProtocolError,
     RemoteError,
 )
-from .framing import DEFAULT_MAX_FRAME_BYTES, HEADER, FrameReader, encode_frame
+from .framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    HEADER,
+    READ_CHUNK_BYTES,
+    Buffer,
+    FrameParser,
+    FrameReader,
+)
 from .messages import (
     CANCEL_METHOD,
     MAX_MSGID,
@@ -35,12 +43,16 @@ from .messages import (
     Request,
     Response,
 )
+from .streams import FrameStreamReader
 
 T = TypeVar("T")
 Handler = Callable[[Any], Awaitable[Any]]
 NotificationHandler = Callable[[Any], None]
 
 DEFAULT_MAX_CONCURRENT_REQUESTS: Final = 256
+# Calls being served hold at most this many bytes of request frames, unless a single call needs
+# more: a peer pipelining large calls then has them read one or a few at a time, as they finish.
+SERVING_BUDGET_BYTES: Final = 1024 * 1024
 _CLOSE_TIMEOUT_S: Final = 2.0
 
 _log = logging.getLogger(__name__)
@@ -75,9 +87,11 @@ class Endpoint:
         logger: logging.Logger | None = None,
     ) -> None:
         self.name = name
-        self.max_frame_bytes = max_frame_bytes
         self.call_timeout_s = call_timeout_s
+        self._reader = reader
         self._frames = FrameReader(reader, max_frame_bytes)
+        self._parser = FrameParser(self._on_frame, max_frame_bytes)
+        self._max_frame_bytes = max_frame_bytes
         self._writer = writer
         self._codec = MessageCodec()
         self._log = logger or _log
@@ -86,11 +100,21 @@ class Endpoint:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._serving: dict[int, asyncio.Task[None]] = {}
         self._cancel_requested: set[int] = set()
-        self._slots = asyncio.Semaphore(max_concurrent_requests)
+        # Backpressure: at most this many incoming calls run at once. A message that arrives while
+        # none is free waits in the backlog, with everything after it, and reading stops.
+        self._free_slots = max_concurrent_requests
+        self._serving_bytes = 0
+        self._backlog: deque[tuple[Message, int]] = deque()
+        self._unblocked = asyncio.Event()
+        self._broken: FrameError | None = None
         self._next_msgid = initial_msgid & MAX_MSGID
         self._reader_task: asyncio.Task[None] | None = None
+        # asyncio.get_running_loop() costs a getpid() syscall on CPython 3.11: look it up once.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = asyncio.Event()
         self._close_reason: str | None = None
+        self._shutting_down = False
+        self._deadlines = Deadlines(self._expire)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -110,6 +134,17 @@ class Endpoint:
         self._notification_routes[method] = handler
 
     @property
+    def max_frame_bytes(self) -> int:
+        """The largest frame sent or accepted (the worker adopts the limit `initialize` names)."""
+        return self._max_frame_bytes
+
+    @max_frame_bytes.setter
+    def max_frame_bytes(self, value: int) -> None:
+        self._max_frame_bytes = value
+        self._frames.max_frame_bytes = value
+        self._parser.max_frame_bytes = value
+
+    @property
     def methods(self) -> list[str]:
         """The names of the methods this endpoint serves."""
         return sorted(self._routes)
@@ -119,7 +154,7 @@ class Endpoint:
     def start(self) -> None:
         """Begin reading in a task owned by this endpoint (closed by `aclose`)."""
         if self._reader_task is None:
-            self._reader_task = asyncio.get_running_loop().create_task(
+            self._reader_task = self._running_loop().create_task(
                 self.run(), name=f"{self.name}-reader"
             )
 
@@ -144,11 +179,10 @@ class Endpoint:
         """
         reason = "peer closed the stream"
         try:
-            while True:
-                frame = await self._frames.read_frame()
-                if frame is None:
-                    break
-                await self._dispatch(self._codec.decode(frame))
+            if isinstance(self._reader, FrameStreamReader):
+                await self._run_push(self._reader)
+            else:
+                await self._run_pull()
         except FrameError as exc:
             reason = f"protocol error: {exc}"
             self._log.warning("%s: closing session: %s", self.name, reason)
@@ -157,21 +191,68 @@ class Endpoint:
         finally:
             await self._shutdown(reason)
 
+    async def _run_pull(self) -> None:
+        while (frame := await self._frames.read_frame()) is not None:
+            self._on_frame(frame)
+            if self._backlog:  # at the limit: read nothing more until a call finishes
+                self._unblocked.clear()
+                await self._unblocked.wait()
+            if self._broken is not None:
+                raise self._broken
+
+    async def _run_push(self, reader: FrameStreamReader) -> None:
+        # Frames are parsed and dispatched in the transport's callback; this task only waits for
+        # the end of the stream (or for `_break`, which makes the read raise).
+        buffered = reader.set_sink(self._feed)
+        try:
+            if buffered:
+                self._feed(buffered)
+            while await reader.read(READ_CHUNK_BYTES):
+                pass  # unreachable while the sink is installed: read() returns only at EOF
+        finally:
+            reader.set_sink(None)
+        if self._broken is not None:
+            raise self._broken
+        if self._parser.is_inside_frame:
+            raise FrameError("stream ended inside a frame")
+
+    def _feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.feed(chunk)
+        except FrameError as exc:
+            self._break(exc)
+
+    def _break(self, error: FrameError) -> None:
+        """Stop reading because the peer broke the protocol; `run` then closes the session."""
+        if self._broken is not None:
+            return
+        self._broken = error
+        self._backlog.clear()
+        self._unblocked.set()
+        if isinstance(self._reader, FrameStreamReader):
+            self._reader.set_sink(None)
+            self._reader.set_exception(error)
+
     async def aclose(self, reason: str = "closed by this side") -> None:
         """End the session: fail pending calls, cancel handlers, close the writer. Idempotent."""
         if self._close_reason is None:
             self._close_reason = reason
         current = asyncio.current_task()
         if self._reader_task is not None and self._reader_task is not current:
-            self._reader_task.cancel()
+            if not self._shutting_down:
+                # Not once it is shutting down: cancelling it inside `writer.wait_closed()` would
+                # cancel the protocol's shared close future, and our own wait would then raise.
+                self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
         await self._shutdown(reason)
 
     async def _shutdown(self, reason: str) -> None:
+        self._shutting_down = True
         if self._close_reason is None:
             self._close_reason = reason
         error = ConnectionClosedError(self._close_reason)
+        self._deadlines.close()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
@@ -212,22 +293,22 @@ class Endpoint:
         if self.is_closed:
             raise ConnectionClosedError(self._close_reason or "session closed")
         msgid = self._allocate_msgid()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending[msgid] = future
         deadline_s = self.call_timeout_s if timeout_s is None else timeout_s
         try:
             await self._send(Request(msgid, method, params))
+            if deadline_s is not None:
+                self._deadlines.add(msgid, loop.time() + deadline_s, (method, deadline_s))
             try:
-                async with asyncio.timeout(deadline_s):
-                    result = await future
-            except TimeoutError as exc:
-                self._send_cancel(msgid)
-                raise CallTimeoutError(method, deadline_s or 0.0) from exc
-            except asyncio.CancelledError:
+                result = await future  # fails with CallTimeoutError at the deadline
+            except (CallTimeoutError, asyncio.CancelledError):
                 self._send_cancel(msgid)
                 raise
         finally:
             self._pending.pop(msgid, None)
+            self._deadlines.discard(msgid)
         if isinstance(result, RemoteError):
             result.method = method
             raise result
@@ -246,6 +327,16 @@ class Endpoint:
             raise ConnectionClosedError(self._close_reason or "session closed")
         await self._send(Notification(method, params))
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _expire(self, msgid: int, call: tuple[str, float]) -> None:
+        future = self._pending.get(msgid)
+        if future is not None and not future.done():
+            future.set_exception(CallTimeoutError(*call))
+
     def _allocate_msgid(self) -> int:
         for _ in range(len(self._pending) + 1):
             msgid = self._next_msgid
@@ -261,7 +352,11 @@ class Endpoint:
                 self._write(Notification(CANCEL_METHOD, [msgid]))
 
     def _write(self, message: Message) -> None:
-        self._writer.write(encode_frame(self._codec.encode(message), self.max_frame_bytes))
+        frame = self._codec.encode_frame(message)
+        if len(frame) - HEADER.size > self._max_frame_bytes:
+            size = len(frame) - HEADER.size
+            raise FrameError(f"frame of {size} bytes exceeds {self._max_frame_bytes}")
+        self._writer.write(frame)
 
     async def _send(self, message: Message) -> None:
         try:
@@ -272,20 +367,48 @@ class Endpoint:
 
     # -- incoming -----------------------------------------------------------------------------
 
-    async def _dispatch(self, message: Message) -> None:
+    def _on_frame(self, frame: Buffer) -> None:
+        message, size = self._codec.decode(frame), len(frame)
+        if self._backlog or (type(message) is Request and not self._admits(size)):
+            self._backlog.append((message, size))
+            if len(self._backlog) == 1 and isinstance(self._reader, FrameStreamReader):
+                self._reader.pause_reading()
+            return
+        self._dispatch(message, size)
+
+    def _admits(self, size: int) -> bool:
+        # A call needs a slot, and room in the byte budget unless nothing else is being served.
+        if not self._free_slots:
+            return False
+        return not self._serving_bytes or self._serving_bytes + size <= SERVING_BUDGET_BYTES
+
+    def _drain_backlog(self) -> None:
+        try:
+            while self._backlog:
+                message, size = self._backlog[0]
+                if type(message) is Request and not self._admits(size):
+                    return
+                self._backlog.popleft()
+                self._dispatch(message, size)
+        except FrameError as exc:
+            self._break(exc)
+            return
+        self._unblocked.set()
+        if isinstance(self._reader, FrameStreamReader):
+            self._reader.resume_reading()
+
+    def _dispatch(self, message: Message, size: int) -> None:
         if isinstance(message, Response):
             self._resolve(message)
         elif isinstance(message, Request):
             if message.msgid in self._serving:
                 raise FrameError(f"duplicate msgid {message.msgid} for a call still in flight")
-            await self._slots.acquire()  # backpressure: stop reading while at the limit
-            task = asyncio.get_running_loop().create_task(
-                self._serve(message), name=f"{self.name}-{message.method}"
+            self._free_slots -= 1
+            self._serving_bytes += size
+            task = self._running_loop().create_task(
+                self._serve(message, size), name=f"{self.name}-{message.method}"
             )
             self._serving[message.msgid] = task
-            # A done-callback, not a `finally`: a task cancelled before its first step (a
-            # `$/cancel` in the same read as its request) never runs its body at all.
-            task.add_done_callback(functools.partial(self._served, message))
         elif message.method == CANCEL_METHOD:
             self._cancel_incoming(message.params)
         else:
@@ -315,39 +438,49 @@ class Endpoint:
         task = self._serving.get(msgid)
         if task is not None and not task.done():
             self._cancel_requested.add(msgid)
-            task.cancel()
+            # Cancel from the ready queue, not here: the `$/cancel` may share a read with its
+            # request, and a task cancelled before its first step never enters `_serve`'s `try`.
+            # Its first step was queued when it was created, so it runs first.
+            self._running_loop().call_soon(task.cancel)
 
-    def _served(self, request: Request, task: asyncio.Task[None]) -> None:
-        self._serving.pop(request.msgid, None)
-        self._slots.release()
-        if task.cancelled() and request.msgid in self._cancel_requested and not self.is_closed:
-            error = ErrorObject(ErrorCode.CANCELLED, f"call to {request.method!r} cancelled")
-            with contextlib.suppress(FrameError, ConnectionError, RuntimeError):
-                self._write(Response(request.msgid, error, None))
-        self._cancel_requested.discard(request.msgid)
-
-    async def _serve(self, request: Request) -> None:
-        response = await self._answer(request)
-        body = self._encode_reply(request, response)
+    async def _serve(self, request: Request, size: int) -> None:
+        # The slot and the bytes are held until the reply has been written and drained, so a peer
+        # that does not read our replies stops getting its calls read. Clean-up is a `finally`,
+        # not a done-callback, which would cost every call one more loop iteration.
         try:
-            self._writer.write(HEADER.pack(len(body)) + body)
-            await self._writer.drain()
-        except (ConnectionError, RuntimeError):
-            pass  # the peer is gone; the reader notices and closes the session
+            try:
+                response = await self._answer(request)
+            except asyncio.CancelledError:
+                if request.msgid in self._cancel_requested and not self.is_closed:
+                    error = ErrorObject(
+                        ErrorCode.CANCELLED, f"call to {request.method!r} cancelled"
+                    )
+                    with contextlib.suppress(FrameError, ConnectionError, RuntimeError):
+                        self._write(Response(request.msgid, error, None))
+                raise
+            frame = self._encode_reply(request, response)
+            with contextlib.suppress(ConnectionError, RuntimeError):  # the reader sees it
+                self._writer.write(frame)
+                await self._writer.drain()
+        finally:
+            self._serving.pop(request.msgid, None)
+            self._cancel_requested.discard(request.msgid)
+            self._free_slots += 1
+            self._serving_bytes -= size
+            if self._backlog and not self.is_closed:
+                self._drain_backlog()
 
-    def _encode_reply(self, request: Request, response: Response) -> bytes:
+    def _encode_reply(self, request: Request, response: Response) -> bytearray:
         """Encode once; a result that cannot be encoded or is too large becomes an error reply."""
         try:
-            body = self._codec.encode(response)
+            frame = self._codec.encode_frame(response)
         except FrameError as exc:
-            return self._codec.encode(
-                _error(request, ErrorCode.INTERNAL, f"result cannot be encoded: {exc}")
-            )
-        if len(body) > self.max_frame_bytes:
-            return self._codec.encode(
-                _error(request, ErrorCode.TOO_LARGE, "result exceeds the frame limit")
-            )
-        return body
+            error = _error(request, ErrorCode.INTERNAL, f"result cannot be encoded: {exc}")
+            return self._codec.encode_frame(error)
+        if len(frame) - HEADER.size > self._max_frame_bytes:
+            error = _error(request, ErrorCode.TOO_LARGE, "result exceeds the frame limit")
+            return self._codec.encode_frame(error)
+        return frame
 
     async def _answer(self, request: Request) -> Response:
         route = self._routes.get(request.method)

@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgspec
 
 from .errors import FrameError
+from .framing import HEADER, Buffer
 
 CANCEL_METHOD: Final = "$/cancel"
 MAX_MSGID: Final = 2**32 - 1
@@ -65,12 +66,26 @@ class MessageCodec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise FrameError(f"cannot encode {type(message).__name__}: {exc}") from exc
 
-    def decode(self, body: bytes) -> Message:
+    def encode_frame(self, message: Message) -> bytearray:
+        """Return `message` as a whole frame, header and body in one buffer; raise FrameError.
+
+        One copy of the payload instead of two (encode, then prepend the header): at 1 MiB each
+        copy costs ~100 us. The caller checks the size against its limit.
+        """
+        frame = bytearray(HEADER.size)
+        try:
+            self._encoder.encode_into(message, frame, HEADER.size)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise FrameError(f"cannot encode {type(message).__name__}: {exc}") from exc
+        HEADER.pack_into(frame, 0, len(frame) - HEADER.size)
+        return frame
+
+    def decode(self, body: Buffer) -> Message:
         """Return the message in `body`; raise FrameError if it is not a valid message."""
         try:
             message = self._decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise FrameError(f"malformed message: {exc}") from exc
-        if isinstance(message, Request | Response) and not 0 <= message.msgid <= MAX_MSGID:
+        if isinstance(message, (Request, Response)) and not 0 <= message.msgid <= MAX_MSGID:
             raise FrameError(f"msgid {message.msgid} outside 0..{MAX_MSGID}")
         return message

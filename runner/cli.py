@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from protocol import tune_allocator
 from sandbox import (
     SandboxPolicy,
     format_table,
@@ -51,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_async(args: argparse.Namespace) -> int:
+    tune_allocator()  # frame-sized buffers stay in the heap instead of an mmap per call
     state_dir = args.state_dir or default_state_dir()
     host = await Host.start(HostSettings.from_env(state_dir))
     runner = web.AppRunner(build_app(host), access_log=None)

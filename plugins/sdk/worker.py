@@ -33,6 +33,7 @@ from protocol import (
     categories,
     load_manifest,
     open_pipe_streams,
+    tune_allocator,
 )
 
 from . import logs
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m plugins.sdk.worker BUNDLE_DIR", file=sys.stderr)
         return 2
     read_fd, write_fd = claim_stdio()
+    tune_allocator()
     logs.configure(getattr(logging, os.environ.get("CORRAL_LOG_LEVEL", "INFO").upper(), 20))
     with (
         contextlib.suppress(KeyboardInterrupt),

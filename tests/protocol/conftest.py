@@ -8,14 +8,32 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from protocol import Endpoint
+from protocol import Endpoint, FrameStreamReader
 
 StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+# Which reader `stream_pair` builds: a plain StreamReader (the endpoint pulls frames in a task) or a
+# FrameStreamReader (the endpoint parses frames in the transport's callback). test_endpoint runs
+# every test with both.
+READER_KINDS = ("pull", "push")
+reader_kind = "pull"
+
+
 async def stream_pair() -> tuple[StreamPair, StreamPair]:
     left, right = socket.socketpair()
-    return await asyncio.open_connection(sock=left), await asyncio.open_connection(sock=right)
+    if reader_kind == "pull":
+        return await asyncio.open_connection(sock=left), await asyncio.open_connection(sock=right)
+    return await _push_streams(left), await _push_streams(right)
+
+
+async def _push_streams(sock: socket.socket) -> StreamPair:
+    loop = asyncio.get_running_loop()
+    reader = FrameStreamReader()
+    transport, protocol = await loop.create_connection(
+        lambda: asyncio.StreamReaderProtocol(reader), sock=sock
+    )
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 @pytest.fixture

@@ -18,7 +18,13 @@ from protocol import (
 )
 from protocol.messages import MAX_MSGID
 
-from .conftest import stream_pair
+from . import conftest
+from .conftest import READER_KINDS, stream_pair
+
+
+@pytest.fixture(autouse=True, params=READER_KINDS)
+def each_reader_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conftest, "reader_kind", request.param)
 
 
 async def test_request_returns_the_handlers_result(endpoints: tuple[Endpoint, Endpoint]) -> None:
@@ -324,3 +330,41 @@ async def test_notifications_reach_their_handler(endpoints: tuple[Endpoint, Endp
     async with asyncio.timeout(2):
         await arrived.wait()
     assert seen == [{"n": 1}]
+
+
+async def test_a_large_frame_arriving_in_many_reads_round_trips(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    a, b = endpoints
+
+    async def echo(params: Any) -> Any:
+        return params
+
+    b.register("echo", echo)
+    payload = bytes(range(256)) * 4096  # 1 MiB: many 64 KiB reads on each side
+    assert await a.request("echo", payload) == payload
+
+
+async def test_aclose_while_the_reader_is_already_shutting_down_returns_normally() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    b = Endpoint(br, bw, name="b")
+    b.start()
+    aw.close()  # b's reader sees EOF and starts shutting down on its own
+    async with asyncio.timeout(2):
+        while not b.is_closed:
+            await asyncio.sleep(0)
+    await b.aclose()  # used to raise CancelledError: the reader was cancelled in wait_closed()
+    assert b.close_reason == "peer closed the stream"
+
+
+async def test_the_negotiated_frame_limit_applies_to_reading_too() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    b = Endpoint(br, bw, name="b")
+    b.max_frame_bytes = 1024  # as the worker does after `initialize`
+    b.start()
+    aw.write(HEADER.pack(2048))
+    await aw.drain()
+    async with asyncio.timeout(2):
+        await b.wait_closed()
+    assert "exceeds 1024" in (b.close_reason or "")
+    aw.close()
