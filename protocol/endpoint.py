@@ -408,7 +408,8 @@ class Endpoint:
             task = self._running_loop().create_task(
                 self._serve(message, size), name=f"{self.name}-{message.method}"
             )
-            self._serving[message.msgid] = task
+            if not task.done():  # with an eager task factory it may have finished already
+                self._serving[message.msgid] = task
         elif message.method == CANCEL_METHOD:
             self._cancel_incoming(message.params)
         else:
