@@ -1,8 +1,62 @@
-"""The host: aiohttp app, admin API, webhooks, install and verification, supervisor, CLI.
+"""The host: install and verification, the sandbox's host side, spawners, supervisor, dispatch,
+the aiohttp app and the CLI.
 
 It composes `protocol` (the wire) and `sandbox` (confinement); they know nothing of each other.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from .dispatch import Dispatcher, DispatchError, DispatchResult, NoProviderError
+from .errors import RunnerError, WorkerStartError
+from .host import Host, HostSettings, PluginNotInstalledError
+from .install import Installer, InstallSettings
+from .install_errors import InstallError
+from .launcher import WorkerLauncher
+from .restart_policy import RestartSettings
+from .sandboxing import SandboxSettings, SandboxUnavailableError, WorkerSandbox
+from .slot import CircuitOpenError, UnavailableError, WatchSettings, WorkerState
+from .spawn import ColdSpawner, ForkServerSpawner, LaunchRequest, unconfined
+from .supervisor import (
+    GLOBAL,
+    ActivationKey,
+    ActivationNotFoundError,
+    ActivationSpec,
+    Supervisor,
+)
+from .worker import PluginWorker, WorkerSpec
+
+__all__ = [
+    "GLOBAL",
+    "ActivationKey",
+    "ActivationNotFoundError",
+    "ActivationSpec",
+    "CircuitOpenError",
+    "ColdSpawner",
+    "DispatchError",
+    "DispatchResult",
+    "Dispatcher",
+    "ForkServerSpawner",
+    "Host",
+    "HostSettings",
+    "InstallError",
+    "InstallSettings",
+    "Installer",
+    "LaunchRequest",
+    "NoProviderError",
+    "PluginNotInstalledError",
+    "PluginWorker",
+    "RestartSettings",
+    "RunnerError",
+    "SandboxSettings",
+    "SandboxUnavailableError",
+    "Supervisor",
+    "UnavailableError",
+    "WatchSettings",
+    "WorkerLauncher",
+    "WorkerSandbox",
+    "WorkerSpec",
+    "WorkerStartError",
+    "WorkerState",
+    "__version__",
+    "unconfined",
+]

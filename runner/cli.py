@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    plugins = commands.add_parser("plugins", help="inspect plugin bundles")
+    plugins = commands.add_parser(
+        "plugins", help="list, install, checksum and verify plugin bundles"
+    )
     plugin_commands = plugins.add_subparsers(dest="plugins_command", required=True)
     listing = plugin_commands.add_parser("list", help="list bundles and validate their manifests")
     listing.add_argument("--plugins-dir", type=Path, default=DEFAULT_PLUGINS_DIR)
