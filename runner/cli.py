@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -29,22 +29,10 @@ from .app import build_app
 from .bundles import discover
 from .host import Host, HostSettings
 from .install_cli import add_install_commands
+from .paths import default_state_dir
 
 DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 NOT_YET = "the admin API, webhooks and egress are not implemented yet"
-
-
-def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """`CORRAL_STATE_DIR`, else /var/lib/corral for root, else ~/.local/state/corral.
-
-    Worker uids must be able to traverse it, so it must not sit under a 0700 directory.
-    """
-    if environ.get("CORRAL_STATE_DIR"):
-        return Path(environ["CORRAL_STATE_DIR"])
-    if os.geteuid() == 0:
-        return Path("/var/lib/corral")
-    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "corral"
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -29,18 +28,18 @@ from .install import Installer, InstallSettings
 from .install_archive import ArchiveLimits, bundle_kind, unpack
 from .install_errors import InstallError
 from .install_store import InstalledPlugin, RecordsError
+from .paths import default_store_dir
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_ALLOWLIST: Final = ROOT / "allowlist.toml"
 DEFAULT_CHECKSUMS: Final = ROOT / "checksums.txt"
-STORE_VARIABLE: Final = "CORRAL_PLUGIN_STORE"
 EXIT_REFUSED: Final = 1
 EXIT_BAD_POLICY: Final = 3
 
 
 def default_store() -> Path:
-    """Return the store directory: `$CORRAL_PLUGIN_STORE`, else `config/plugin-store`."""
-    return Path(os.environ.get(STORE_VARIABLE) or ROOT / "config" / "plugin-store")
+    """Return the store the host loads from: `<state dir>/store` (see `runner.paths`)."""
+    return default_store_dir()
 
 
 def _record_json(record: InstalledPlugin, path: Path) -> dict[str, Any]:
@@ -159,7 +158,8 @@ def _policy_options(parser: argparse.ArgumentParser, *, checksums: bool) -> None
         "--store",
         type=Path,
         default=default_store(),
-        help=f"the plugin store (default ${STORE_VARIABLE}, else config/plugin-store)",
+        help="the plugin store (default: <state dir>/store, the one `corral serve` loads; "
+        "state dir from $CORRAL_STATE_DIR, /var/lib/corral as root, else ~/.local/state/corral)",
     )
     parser.add_argument(
         "--allowlist", type=Path, default=DEFAULT_ALLOWLIST, help="default: the root allowlist.toml"
