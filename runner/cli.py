@@ -27,6 +27,7 @@ from sandbox.uids import DEFAULT_FIRST_UID
 from . import __version__
 from .app import build_app
 from .bundles import discover
+from .config_cli import add_audit_commands, add_config_commands
 from .host import Host, HostSettings
 from .install_cli import add_install_commands
 from .paths import default_state_dir
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(func=_sandbox_doctor)
+
+    add_audit_commands(commands)
+    add_config_commands(commands)
     return parser
 
 
