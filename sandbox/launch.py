@@ -1,6 +1,6 @@
 """Host side of a cold start: the argv, environment and cwd that run a worker under the bootstrap.
 
-`build_launch` only computes; the caller spawns (see `Launch`) without `preexec_fn`, `user=` or
+`build_launch` only computes; the caller spawns (see `Launch`) without a pre-exec hook, `user=` or
 `group=`, which force a slow, thread-unsafe fork. The default path helpers describe the running
 interpreter with sysconfig, here in the host, so that the child never imports it.
 """
