@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeVar
@@ -23,7 +23,7 @@ from yarl import URL
 
 from .allowlist import Allowlist
 from .checksums import ChecksumEntry, Checksums
-from .digest import tree_digest
+from .digest import is_sha256_hex, tree_digest
 from .install_archive import (
     AbortedError,
     ArchiveLimits,
@@ -123,8 +123,12 @@ class Installer:
         """Return every install record, sorted by (plugin id, version)."""
         return await self.records.all()
 
-    async def install(self, source: str | Path) -> InstalledPlugin:
+    async def install(self, source: str | Path, *, uploaded: bool = False) -> InstalledPlugin:
         """Verify the bundle at `source` (a path or an https URL) and add it to the store.
+
+        `uploaded`: `source` is an archive received over the admin API, whose name means
+        nothing; its checksums.txt line is the archive entry with the same sha256 (a directory
+        or URL line never matches an upload).
 
         Raises InstallError with the reason of the first check that fails; nothing is left in
         the store then. On cancellation the partial work is removed before CancelledError
@@ -140,7 +144,10 @@ class Installer:
         else:
             local = await asyncio.to_thread(Path(source).resolve)
             kind = await asyncio.to_thread(bundle_kind, local)
-            entry = await asyncio.to_thread(self._entry, local)
+            if uploaded and kind == "directory":
+                raise InstallError(Reason.INVALID_BUNDLE, "an upload is a .zip or .tar.gz file")
+            find = self._uploaded_entry if uploaded else self._entry
+            entry = await asyncio.to_thread(find, local)
         work = await asyncio.to_thread(self.store.new_staging)
         abort = threading.Event()
         try:
@@ -165,6 +172,43 @@ class Installer:
             record.digest,
         )
         return record
+
+    async def uninstall(self, plugin_id: str, version: str | None = None) -> list[InstalledPlugin]:
+        """Remove the install record of (plugin_id, version), or of every version when None.
+
+        Returns the removed records, ordered as `installed()` lists them. A store entry goes
+        once no remaining record refers to its digest. Raises InstallError with reason
+        `not_installed` when nothing matches. Once started, removal runs to the end even if
+        the caller is cancelled (CancelledError is raised afterwards), so records and store
+        stay consistent. Stopping workers that still run from the entry is the caller's job.
+        """
+        async with self._lock:
+            doomed = [
+                r
+                for r in await self.records.all()
+                if r.plugin_id == plugin_id and version in (None, r.version)
+            ]
+            if not doomed:
+                which = plugin_id if version is None else f"{plugin_id} {version}"
+                raise InstallError(
+                    Reason.NOT_INSTALLED, f"{which} is not installed", plugin_id=plugin_id
+                )
+            await _uninterrupted(self._forget(doomed))
+        for record in doomed:
+            _log.info("uninstalled plugin %s %s (%s)", plugin_id, record.version, record.digest)
+        return doomed
+
+    async def _forget(self, doomed: list[InstalledPlugin]) -> None:
+        # Records go first: a crash between the steps leaves an unreferenced entry (wasted
+        # space, reused by a reinstall), never a record whose entry is gone.
+        for record in doomed:
+            await self.records.remove(record.plugin_id, record.version)
+        in_use = {r.digest for r in await self.records.all()}
+        for digest in sorted({r.digest for r in doomed} - in_use):
+            if not is_sha256_hex(digest):  # a corrupt record: its entry cannot be named safely
+                _log.warning("uninstall left the store untouched for a corrupt digest record")
+                continue
+            await asyncio.to_thread(self.store.remove_entry, digest)
 
     async def _download(
         self, url: str, kind: BundleKind, entry: ChecksumEntry, work: Path
@@ -199,6 +243,23 @@ class Installer:
                 source=str(source),
             )
         return entry
+
+    def _uploaded_entry(self, path: Path) -> ChecksumEntry:
+        sha = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                sha.update(chunk)
+        digest = sha.hexdigest()
+        for entry in self.settings.checksums.entries:
+            name = entry.name.lower()
+            if entry.sha256 == digest and name.endswith((".zip", ".tar.gz", ".tgz")):
+                return entry
+        raise InstallError(
+            Reason.CHECKSUM_MISSING,
+            "no archive line in checksums.txt has this upload's sha256; review the bundle and "
+            "add its line (`corral plugins checksum <file>`) first",
+            source="upload",
+        )
 
     def _stage(self, fetched: _Fetched, work: Path, abort: threading.Event) -> InstalledPlugin:
         """Check and unpack `fetched`, then commit it to the store (blocking)."""
@@ -276,6 +337,18 @@ async def _in_thread(work: Callable[[], _T], abort: threading.Event) -> _T:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         abort.set()
+        await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved, so it is not reported as never retrieved
+        raise
+
+
+async def _uninterrupted(work: Coroutine[object, object, _T]) -> _T:
+    """Run `work` to its end even if the caller is cancelled meanwhile, then re-raise that."""
+    future = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
         await asyncio.wait([future])
         if not future.cancelled():
             future.exception()  # retrieved, so it is not reported as never retrieved

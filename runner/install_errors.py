@@ -1,8 +1,9 @@
 """The one error an install or an installed-plugin check raises, and its machine-readable reasons.
 
-Every refusal (at install, at start-up verification, just before a spawn) is an `InstallError`
-whose `reason` is one of `Reason`; docs/plugins.md lists them. Parsing errors of the operator's
-own files (`checksums.txt`, `allowlist.toml`) are separate: they stop the host, not one plugin.
+Every refusal (at install, at start-up verification, just before a spawn, at uninstall) is an
+`InstallError` whose `reason` is one of `Reason`; docs/plugins.md lists them. Parsing errors of
+the operator's own files (`checksums.txt`, `allowlist.toml`) are separate: they stop the host,
+not one plugin.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Reason(StrEnum):
     DOWNLOAD_FAILED = "download_failed"
     MODIFIED = "modified"
     MISSING = "missing"
+    NOT_INSTALLED = "not_installed"
 
 
 class InstallError(RunnerError):

@@ -21,7 +21,7 @@ from typing import Final, Protocol
 
 import msgspec
 
-from .digest import skipped_dirs, tree_digest
+from .digest import is_sha256_hex, skipped_dirs, tree_digest
 from .errors import RunnerError
 from .install_archive import remove_tree
 
@@ -181,6 +181,24 @@ class PluginStore:
             remove_tree(staging)
         _fsync_dir(self.root)
         return target
+
+    def remove_entry(self, digest: str) -> bool:
+        """Remove the entry with tree digest `digest`; return whether there was one.
+
+        The entry first leaves its address by one `rename` into a hidden `.trash-*` name, so a
+        crash mid-removal leaves trash (removed by `remove_stale`), never a half entry.
+        Raises ValueError when `digest` is not a digest (a corrupt record must not name a path).
+        """
+        if not is_sha256_hex(digest):
+            raise ValueError("not a tree digest")
+        target = self.path_for(digest)
+        if not (target.exists() or target.is_symlink()):
+            return False
+        trash = self.root / f"{_TRASH_PREFIX}{secrets.token_hex(8)}"
+        os.rename(target, trash)
+        _fsync_dir(self.root)
+        remove_tree(trash)
+        return True
 
     def remove_stale(self) -> list[Path]:
         """Remove staging left by dead processes, and trash; return what was removed."""
