@@ -1,48 +1,60 @@
-"""The aiohttp application. For now: liveness and a read-only listing of the verified plugins.
+"""The aiohttp application: the admin API's routes behind its middlewares.
 
-The admin API and webhooks are later work; this module says so rather than pretend.
+`build_app` composes what `runner.service` opened (control, keys, registry, audit log) with the
+routes of `api_plugins`, `api_admin` and `api_ops`. Every route declares who may call it
+(`runner.access`), what it takes and answers (`runner.openapi`), and, for acts, its audit name.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 from aiohttp import web
 
-from protocol import config_schema
+from . import api_admin, api_ops, api_plugins
+from .api_audit import AUDIT_LOG, audit_trail
+from .api_common import CONTROL, KEYS, REGISTRY
+from .api_ops import READY, ReadinessProbe
+from .audit import AuditLog
+from .auth import ApiKeys
+from .control import Control
+from .middleware import ClientAddress, install_middlewares, peer_address
+from .openapi import undocumented_routes
+from .ratelimit import AdminRateLimits
+from .registry import Registry
 
-from .host import Host
-
-HOST: web.AppKey[Host] = web.AppKey("host", Host)
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """Answer 200 while the process is alive."""
-    return web.json_response({"status": "ok"})
-
-
-async def list_plugins(request: web.Request) -> web.Response:
-    """List the verified plugins with their manifests and config schemas."""
-    host = request.app[HOST]
-    plugins = []
-    for plugin_id, record in sorted(host.plugins.items()):
-        manifest = host.manifests[plugin_id]
-        plugins.append(
-            {
-                "id": plugin_id,
-                "version": record.version,
-                "digest": record.digest,
-                "name": manifest.display_name,
-                "type": [c.kind for c in manifest.categories],
-                "enabled": False,
-                "settings_schema": config_schema(manifest),
-            }
-        )
-    return web.json_response({"plugins": plugins})
+DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024  # JSON bodies; uploads stream with their own limit
 
 
-def build_app(host: Host) -> web.Application:
-    """Return the application serving `host`."""
-    app = web.Application()
-    app[HOST] = host
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/plugins", list_plugins)
+def build_app(
+    control: Control,
+    keys: ApiKeys,
+    registry: Registry,
+    audit: AuditLog,
+    ready: ReadinessProbe,
+    *,
+    limits: AdminRateLimits | None = None,
+    client_address: ClientAddress = peer_address,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> web.Application:
+    """Return the application; it refuses to start if a route is undeclared or undocumented."""
+    app = web.Application(client_max_size=max_body_bytes)
+    app[CONTROL] = control
+    app[KEYS] = keys
+    app[REGISTRY] = registry
+    app[AUDIT_LOG] = audit
+    app[READY] = ready
+    api_ops.add_routes(app)
+    api_plugins.add_routes(app)
+    api_admin.add_routes(app)
+    install_middlewares(
+        app, keys, limits=limits, client_address=client_address, around_errors=[audit_trail]
+    )
+    app.on_startup.append(_check_documented)
     return app
+
+
+async def _check_documented(app: web.Application) -> None:
+    missing = undocumented_routes(app)
+    if missing:
+        raise RuntimeError(f"routes without @documented: {', '.join(missing)}")

@@ -25,15 +25,14 @@ from sandbox.probe import requested_layers
 from sandbox.uids import DEFAULT_FIRST_UID
 
 from . import __version__
-from .app import build_app
 from .bundles import discover
 from .config_cli import add_audit_commands, add_config_commands
-from .host import Host, HostSettings
 from .install_cli import add_install_commands
 from .paths import default_state_dir
+from .service import Service, ServiceSettings
 
 DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
-NOT_YET = "the admin API, webhooks and egress are not implemented yet"
+NOT_YET = "webhooks and egress are not implemented yet"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -43,16 +42,24 @@ def _serve(args: argparse.Namespace) -> int:
 async def _serve_async(args: argparse.Namespace) -> int:
     tune_allocator()  # frame-sized buffers stay in the heap instead of an mmap per call
     state_dir = args.state_dir or default_state_dir()
-    host = await Host.start(HostSettings.from_env(state_dir))
-    runner = web.AppRunner(build_app(host), access_log=None)
+    service = await Service.start(ServiceSettings.from_env(state_dir))
+    host = service.host
+    runner = web.AppRunner(service.app, access_log=None)
     try:
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         loaded = ", ".join(sorted(host.plugins)) or "none"
+        key_note = (
+            f"; bootstrap API key in {service.bootstrap_key_file}"
+            if service.bootstrap_key_file
+            else ""
+        )
         print(
-            f"corral {__version__}: http://{args.host}:{args.port}/ (state {state_dir}, profile "
-            f"{host.settings.profile}, sandbox {host.sandbox.settings.mode}); verified plugins: "
-            f"{loaded}. Serving /healthz and a read-only /plugins listing; {NOT_YET}.",
+            f"corral {__version__}: http://{args.host}:{args.port}/ (state {state_dir}, config "
+            f"{service.store.path}, profile {host.settings.profile}, sandbox "
+            f"{host.sandbox.settings.mode}); verified plugins: {loaded}; "
+            f"{service.restored} activation(s) restored{key_note}. Admin API at /api/v1 "
+            f"(OpenAPI: /api/v1/openapi.json); {NOT_YET}.",
             file=sys.stderr,
             flush=True,
         )
@@ -63,7 +70,7 @@ async def _serve_async(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await runner.cleanup()
-        await host.close()
+        await service.close()
     return 0
 
 

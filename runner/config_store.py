@@ -59,6 +59,10 @@ class ConfigStore(Protocol):
         """Return the current document (secrets encrypted) with its ETags."""
         ...
 
+    async def peek(self) -> ConfigSnapshot:
+        """Return the current document without a copy; the caller must not change it."""
+        ...
+
     async def update(
         self,
         mutator: Mutator,
@@ -79,6 +83,14 @@ class ConfigStore(Protocol):
 
     async def rotate_secret_key(self) -> KeyRotation:
         """Re-encrypt every stored secret with a new key, then retire the old keys."""
+        ...
+
+    def features(self, snapshot: ConfigSnapshot) -> Features:
+        """Return the feature flags in force for `snapshot` (environment overrides applied)."""
+        ...
+
+    def secret_fields(self, plugin_id: str) -> frozenset[str]:
+        """Return the names of the plugin's secret config fields."""
         ...
 
 
@@ -172,6 +184,13 @@ class JsonConfigStore:
         async with self._lock:
             snapshot = await asyncio.to_thread(self._update, mutator, expected_etag, subtree)
         return snapshot.copy()
+
+    async def peek(self) -> ConfigSnapshot:
+        """Return the current document without copying it: callers must not change it.
+
+        For hot read paths (authenticating a key on every request); `load` for anything else.
+        """
+        return await asyncio.to_thread(self._load)
 
     async def plugin_config(self, tenant_id: str, plugin_id: str) -> dict[str, JsonValue]:
         """Return the plugin's settings for the tenant, decrypted: for its workers, never an API.

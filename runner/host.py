@@ -167,6 +167,37 @@ class Host:
             config_digest=spec.config_digest,
         )
 
+    async def install(self, source: str | Path, *, uploaded: bool = False) -> InstalledPlugin:
+        """Install a bundle (every check applies) and load it; return its record.
+
+        A new version of an installed plugin replaces the loaded one; running activations keep
+        their workers until they are switched (`Control` does that). Raises InstallError.
+        """
+        record = await self.installer.install(source, uploaded=uploaded)
+        await self.load(record)
+        return record
+
+    async def load(self, record: InstalledPlugin) -> None:
+        """Verify an installed record and serve it from now on; raise InstallError if it fails."""
+        bundle = await self.installer.verify_for_spawn(record)
+        manifest = await asyncio.to_thread(load_manifest, bundle)
+        self.manifests[record.plugin_id] = manifest
+        self.plugins[record.plugin_id] = record
+
+    async def uninstall(self, plugin_id: str) -> list[InstalledPlugin]:
+        """Stop serving a plugin and remove every installed version; stop its workers first.
+
+        Raises InstallError when nothing is installed under that id.
+        """
+        self.plugins.pop(plugin_id, None)
+        self.manifests.pop(plugin_id, None)
+        return await self.installer.uninstall(plugin_id)
+
+    def secret_fields(self, plugin_id: str) -> frozenset[str]:
+        """Return the names of a loaded plugin's secret config fields (none if not loaded)."""
+        manifest = self.manifests.get(plugin_id)
+        return manifest.secret_fields if manifest is not None else frozenset()
+
     def activation_spec(
         self, tenant_id: str, plugin_id: str, config: Mapping[str, Any] | None = None
     ) -> ActivationSpec:

@@ -17,6 +17,19 @@ import pydantic
 from aiohttp import web
 
 from .auth import AuthenticationError, KeyNotFoundError, KeyRequestError, PermissionDeniedError
+from .config_errors import (
+    ConfigInvalidError,
+    ConfigWriteError,
+    PreconditionFailedError,
+    SecretKeyError,
+    SecretsMaskedError,
+)
+from .control_errors import (
+    NotAppliedError,
+    PluginInUseError,
+    PluginUnknownError,
+    SettingsInvalidError,
+)
 from .errors import RunnerError, WorkerStartError
 from .install_errors import InstallError, Reason
 from .keys import DuplicateKeyError
@@ -53,6 +66,7 @@ _INSTALL_STATUS: Final[Mapping[Reason, int]] = {
     Reason.DOWNLOAD_FAILED: 502,
     Reason.MODIFIED: 503,
     Reason.MISSING: 503,
+    Reason.NOT_INSTALLED: 404,
 }
 # Headers an aiohttp HTTPException may carry over into the JSON answer.
 _KEPT_HEADERS: Final = ("Allow", "Retry-After", "WWW-Authenticate", "ETag")
@@ -114,6 +128,35 @@ def classify(exc: Exception) -> ErrorAnswer:
             details = [{"path": "", "message": p} for p in exc.problems] or None
             status = _INSTALL_STATUS.get(exc.reason, 422)
             return ErrorAnswer(status, str(exc.reason), exc.message, details=details)
+        case PluginUnknownError():
+            return ErrorAnswer(404, "plugin_not_found", str(exc))
+        case PluginInUseError():
+            details = [{"path": "$.tenants", "message": t} for t in exc.tenants[:50]]
+            return ErrorAnswer(409, "plugin_in_use", str(exc), details=details)
+        case SettingsInvalidError():
+            details = [{"path": "$.settings" + p[1:], "message": m} for p, m in exc.problems]
+            return ErrorAnswer(422, "validation_failed", str(exc), details=details)
+        case NotAppliedError():
+            return ErrorAnswer(503, "not_applied", str(exc))
+        case PreconditionFailedError():
+            message = (
+                f"{exc.scope} changed since it was read; read it again (current ETag {exc.current})"
+            )
+            return ErrorAnswer(412, "precondition_failed", message, {"ETag": f'"{exc.current}"'})
+        case SecretsMaskedError():
+            message = f"$.settings.{exc.field}: '***' keeps a stored secret, but none is stored"
+            return ErrorAnswer(422, "validation_failed", message)
+        case ConfigInvalidError():
+            details = [_problem_detail(p) for p in exc.problems]
+            return ErrorAnswer(422, "validation_failed", "invalid configuration", details=details)
+        case ConfigWriteError():
+            return ErrorAnswer(
+                503,
+                "store_unavailable",
+                "the config store cannot be written now; nothing was changed",
+            )
+        case SecretKeyError():
+            return ErrorAnswer(500, "internal", "a stored secret cannot be decrypted", is_bug=True)
         case WorkerStartError():
             return ErrorAnswer(503, "unavailable", f"plugin {exc.plugin_id} could not start")
         case json.JSONDecodeError():
@@ -181,6 +224,11 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(400, "malformed_json", "request body is not UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc.msg}") from exc
+
+
+def _problem_detail(problem: str) -> dict[str, str]:
+    path, _, message = problem.partition(": ")
+    return {"path": path, "message": message} if message else {"path": "$", "message": problem}
 
 
 def _from_http_exception(exc: web.HTTPException) -> ErrorAnswer:

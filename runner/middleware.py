@@ -11,11 +11,12 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .access import Handler, access_of, undeclared_routes
 from .auth import (
@@ -73,17 +74,20 @@ def install_middlewares(
     *,
     limits: AdminRateLimits | None = None,
     client_address: ClientAddress = peer_address,
+    around_errors: Sequence[Middleware] = (),
 ) -> None:
     """Add request id, error mapping and authentication to `app`, before it is frozen.
 
     `limits` defaults to `RateLimitSettings()` on the loop's clock. `client_address` says
     whom failed authentication is charged to. At start-up the app refuses to run if any
     route declares neither `@requires` nor `@public` (`UndeclaredRouteError`).
+    `around_errors` run inside the request context and outside the error mapping, so they see
+    every answer's final status (the audit trail).
     """
     app[_AUTH_STATE] = _AuthState(
         keys, limits or AdminRateLimits(RateLimitSettings()), client_address
     )
-    app.middlewares.extend([request_context, error_mapping, authentication])
+    app.middlewares.extend([request_context, *around_errors, error_mapping, authentication])
     app.on_response_prepare.append(_echo_request_id)
     app.on_startup.append(_check_routes)
 

@@ -207,6 +207,15 @@ class Supervisor:
             self._activations.clear()
         await asyncio.gather(*(s.stop() for a in activations for s in a.slots))
 
+    def active_keys(self) -> list[ActivationKey]:
+        """Every active (tenant, plugin), in activation order."""
+        return list(self._activations)
+
+    def spec_of(self, key: ActivationKey) -> ActivationSpec | None:
+        """Return the spec an activation runs now, or None if it is not active."""
+        activation = self._activations.get(key)
+        return activation.spec if activation is not None else None
+
     def resolve(self, tenant_id: str, plugin_id: str) -> ActivationKey:
         """Return the key a tenant's call to `plugin_id` goes to: its own, else the global one."""
         for key in (ActivationKey(tenant_id, plugin_id), ActivationKey(GLOBAL, plugin_id)):

@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import signal
+import socket
+import sys
 import tempfile
 from pathlib import Path
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from runner.app import build_app
 from runner.cli import main
-from runner.host import Host, HostSettings
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "plugins"
 
@@ -45,22 +47,52 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert "serve" in capsys.readouterr().out
 
 
-async def test_the_app_serves_health_and_the_verified_plugins() -> None:
-    state = Path(tempfile.mkdtemp(prefix="corral-app-", dir="/tmp"))
+async def test_serve_starts_serves_the_admin_api_and_stops_cleanly_on_sigterm() -> None:
+    state = Path(tempfile.mkdtemp(prefix="corral-serve-", dir="/tmp"))
     os.chmod(state, 0o755)
-    host = await Host.start(HostSettings(state_dir=state))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "CORRAL_CONFIG_PATH": str(state / "config" / "corral.config.json")}
+    serve = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runner.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(state),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
     try:
-        async with TestClient(TestServer(build_app(host))) as client:
-            health = await client.get("/healthz")
-            assert health.status == 200 and await health.json() == {"status": "ok"}
-            listing = await (await client.get("/plugins")).json()
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"{base}/readyz") as ready:
+                        if ready.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+            key = (state / "bootstrap-key").read_text().strip()
+            async with http.get(f"{base}/plugins", headers={"X-API-Key": key}) as answer:
+                listing = await answer.json()
+            async with http.get(f"{base}/plugins") as anonymous:
+                assert anonymous.status == 401
+        serve.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(serve.communicate(), 30)
+        assert serve.returncode == 0
     finally:
-        await host.close()
+        if serve.returncode is None:
+            serve.kill()
+            await serve.wait()
         shutil.rmtree(state, ignore_errors=True)
-    ids = {p["id"] for p in listing["plugins"]}
-    assert "dev.corral.twilio-sms" in ids
     twilio = next(p for p in listing["plugins"] if p["id"] == "dev.corral.twilio-sms")
     assert twilio["settings_schema"]["properties"]["auth_token"]["writeOnly"] is True
+    assert key not in stderr.decode()  # the bootstrap key is never printed or logged
 
 
 def test_sandbox_doctor_reports_every_layer_and_strict_readiness(

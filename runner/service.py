@@ -1,0 +1,152 @@
+"""The running service, composed: audit log, config store, host, keys, registry, and the app.
+
+`Service.start` opens each in order and refuses to start, saying why, when one cannot be used:
+a config document with no valid version, a missing secret key under HIPAA, an invalid registry,
+a sandbox that strict mode refuses. Then it restores every enabled activation from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+
+from .api_models import ReadinessCheck
+from .app import DEFAULT_MAX_BODY_BYTES, build_app
+from .audit import AuditLog, AuditSettings
+from .auth import ApiKeys
+from .bootstrap_key import ensure_bootstrap_key
+from .config_settings import ConfigSettings
+from .config_store import JsonConfigStore
+from .control import Control
+from .host import Host, HostSettings
+from .key_store import StoreKeyRepository
+from .ratelimit import AdminRateLimits, RateLimitSettings
+from .registry import Registry, load_registry, registry_path_from_env
+
+BOOTSTRAP_FILE_NAME: Final = "bootstrap-key"
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """Everything the service reads at start; `from_env` documents where each comes from."""
+
+    host: HostSettings
+    config: ConfigSettings
+    audit: AuditSettings
+    registry_path: Path
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @property
+    def bootstrap_key_path(self) -> Path:
+        """Where a generated bootstrap key is written (`CORRAL_BOOTSTRAP_KEY_FILE` overrides)."""
+        return self.host.state_dir / BOOTSTRAP_FILE_NAME
+
+    @classmethod
+    def from_env(cls, state_dir: Path, environ: Mapping[str, str] = os.environ) -> ServiceSettings:
+        """Read every `CORRAL_*` setting (and the Faxbot aliases) from `environ`."""
+        return cls(
+            host=HostSettings.from_env(state_dir, environ),
+            config=ConfigSettings.from_env(environ),
+            audit=AuditSettings.from_env(state_dir, environ),
+            registry_path=registry_path_from_env(environ),
+            rate_limits=RateLimitSettings.from_env(environ),
+            environ=dict(environ),
+        )
+
+
+class Service:
+    """The opened service. Build with `await Service.start(settings)`; `close` when done."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        audit: AuditLog,
+        store: JsonConfigStore,
+        host: Host,
+        keys: ApiKeys,
+        registry: Registry,
+        bootstrap_key_file: Path | None,
+    ) -> None:
+        self.settings = settings
+        self.audit = audit
+        self.store = store
+        self.host = host
+        self.keys = keys
+        self.registry = registry
+        self.bootstrap_key_file = bootstrap_key_file
+        self.control = Control(host, store)
+        self.restored = 0
+        self.app: web.Application = build_app(
+            self.control,
+            keys,
+            registry,
+            audit,
+            self.readiness,
+            limits=AdminRateLimits(settings.rate_limits),
+            max_body_bytes=settings.max_body_bytes,
+        )
+
+    @classmethod
+    async def start(cls, settings: ServiceSettings) -> Service:
+        """Open everything, restore the activations, and return the service (not yet serving)."""
+        audit = await AuditLog.open(settings.audit)
+        host_ref: list[Host] = []
+
+        def secret_fields(plugin_id: str) -> frozenset[str]:
+            return host_ref[0].secret_fields(plugin_id) if host_ref else frozenset()
+
+        store = await JsonConfigStore.open(
+            settings.config, secret_fields=secret_fields, audit=audit
+        )
+        registry = await asyncio.to_thread(load_registry, settings.registry_path)
+        features = store.features(await store.peek())
+        host_settings = replace(settings.host, remote_install=features.plugin_install)
+        host = await Host.start(host_settings)
+        host_ref.append(host)
+        try:
+            repository = StoreKeyRepository(store)
+            bootstrap = await ensure_bootstrap_key(
+                repository, settings.bootstrap_key_path, environ=settings.environ
+            )
+            service = cls(settings, audit, store, host, ApiKeys(repository), registry, bootstrap)
+            service.restored = await service.control.restore()
+        except BaseException:
+            await host.close()
+            raise
+        await audit.record(
+            "host.start",
+            details={"plugins": len(host.plugins), "activations": service.restored},
+        )
+        return service
+
+    def readiness(self) -> list[ReadinessCheck]:
+        """Return the readiness checks: store, plugins, sandbox."""
+        failed = [s.record.plugin_id for s in self.host.statuses if not s.is_ok]
+        mode = str(self.host.sandbox.settings.mode)
+        return [
+            ReadinessCheck(name="config_store", ok=True, detail=str(self.store.path)),
+            ReadinessCheck(
+                name="plugins_verified",
+                ok=True,  # refused bundles are not loaded; the others serve
+                detail=f"{len(self.host.plugins)} verified"
+                + (f"; refused: {', '.join(sorted(failed))}" if failed else ""),
+            ),
+            ReadinessCheck(name="sandbox", ok=True, detail=f"mode {mode}: every required layer"),
+            ReadinessCheck(
+                name="activations", ok=True, detail=f"{self.restored} restored at start"
+            ),
+        ]
+
+    async def close(self) -> None:
+        """Stop every worker and the host."""
+        await self.host.close()
