@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from protocol import RemoteError
+from protocol.categories.notification_channel import SendNotification
 from runner.audit_verify import verify
 from runner.config_model import ConfigDocument
 from runner.keys import Scope
@@ -418,3 +420,28 @@ async def test_write_budget_answers_429_with_retry_after() -> None:
         assert [a.status for a in answers][:2] != [429, 429]
         assert answers[2].status == 429 and int(answers[2].headers["Retry-After"]) >= 1
         assert (await api.call("GET", "/plugins")).status == 200  # reads have their own budget
+
+
+async def test_config_writes_under_continuous_calls_drop_none(api: Api) -> None:
+    await put_twilio(api, "tenant-live")
+    key = ActivationKey("tenant-live", TWILIO)
+    message = SendNotification(recipient="+15550002222", body="hello")
+    stop, answered = asyncio.Event(), [0]
+
+    async def caller() -> None:
+        while not stop.is_set():
+            try:
+                await api.service.host.supervisor.call(
+                    key, "notification_channel.send", message, timeout_s=10
+                )
+            except RemoteError:
+                pass  # the worker answered (the provider is unreachable from here): not dropped
+            answered[0] += 1
+
+    callers = [asyncio.create_task(caller()) for _ in range(4)]
+    for number in ("+15550003333", "+15550004444", "+15550005555"):
+        switched = await put_twilio(api, "tenant-live", from_number=number)
+        assert switched.body["workers"] == "switched"
+    stop.set()
+    await asyncio.gather(*callers)  # a dropped call raises something other than RemoteError
+    assert answered[0] > 0
