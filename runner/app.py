@@ -22,6 +22,8 @@ from .middleware import ClientAddress, install_middlewares, peer_address
 from .openapi import undocumented_routes
 from .ratelimit import AdminRateLimits
 from .registry import Registry
+from .webhooks import WEBHOOKS, WebhookRouter
+from .webhooks import add_routes as add_webhook_routes
 
 DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024  # JSON bodies; uploads stream with their own limit
 
@@ -32,6 +34,7 @@ def build_app(
     registry: Registry,
     audit: AuditLog,
     ready: ReadinessProbe,
+    webhooks: WebhookRouter,
     *,
     limits: AdminRateLimits | None = None,
     client_address: ClientAddress = peer_address,
@@ -47,6 +50,8 @@ def build_app(
     api_ops.add_routes(app)
     api_plugins.add_routes(app)
     api_admin.add_routes(app)
+    app[WEBHOOKS] = webhooks
+    add_webhook_routes(app)
     install_middlewares(
         app, keys, limits=limits, client_address=client_address, around_errors=[audit_trail]
     )

@@ -29,6 +29,7 @@ from .host import Host, HostSettings
 from .key_store import StoreKeyRepository
 from .ratelimit import AdminRateLimits, RateLimitSettings
 from .registry import Registry, load_registry, registry_path_from_env
+from .webhooks import WebhookRouter, WebhookSettings
 
 BOOTSTRAP_FILE_NAME: Final = "bootstrap-key"
 _log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ServiceSettings:
     audit: AuditSettings
     registry_path: Path
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
@@ -60,6 +62,7 @@ class ServiceSettings:
             audit=AuditSettings.from_env(state_dir, environ),
             registry_path=registry_path_from_env(environ),
             rate_limits=RateLimitSettings.from_env(environ),
+            webhooks=WebhookSettings.from_env(environ),
             environ=dict(environ),
         )
 
@@ -92,6 +95,7 @@ class Service:
             registry,
             audit,
             self.readiness,
+            WebhookRouter(host.supervisor, host.manifests, audit, settings.webhooks),
             limits=AdminRateLimits(settings.rate_limits),
             max_body_bytes=settings.max_body_bytes,
         )

@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 TWILIO = "dev.corral.twilio-sms"
 PHAXIO = "dev.corral.phaxio-fax"
 DEMO = "dev.corral.test.demo"
+HOOKS = "dev.corral.test.hooks"
+HOOKS_FIXTURE = REPO / "tests" / "fixtures" / "plugins" / "hooks"
 GENEROUS = RateLimitSettings(
     reads_per_minute=100_000, writes_per_minute=100_000, failed_auth_per_minute=100_000
 )
@@ -56,6 +58,7 @@ class Api:
     state: Path
     demo_zip: Path
     demo_dir: Path
+    hooks_dir: Path
     openapi: dict[str, Any] = field(default_factory=dict)
     answers: list[str] = field(default_factory=list)
 
@@ -144,15 +147,20 @@ async def running_api(
         files = bundle_files(DEMO)
         write_dir(bundles / "demo", files)
         write_zip(bundles / "demo.zip", files)
+        shutil.copytree(
+            HOOKS_FIXTURE, bundles / "hooks", ignore=shutil.ignore_patterns("__pycache__")
+        )
         trusted = {
             REPO / "plugins" / "twilio_sms": checksum_of(REPO / "plugins" / "twilio_sms"),
             REPO / "plugins" / "phaxio_fax": checksum_of(REPO / "plugins" / "phaxio_fax"),
             bundles / "demo": checksum_of(bundles / "demo"),
             bundles / "demo.zip": checksum_of(bundles / "demo.zip"),
+            bundles / "hooks": checksum_of(bundles / "hooks"),
         }
         (state / "checksums.txt").write_text(_checksums(trusted))
         allowlist = (REPO / "allowlist.toml").read_text()
-        allowlist += f'\n[[plugin]]\nid = "{DEMO}"\nversions = ">=1.0.0"\n'
+        for plugin_id in (DEMO, HOOKS):
+            allowlist += f'\n[[plugin]]\nid = "{plugin_id}"\nversions = ">=1.0.0"\n'
         (state / "allowlist.toml").write_text(allowlist)
     env = {
         "CORRAL_CONFIG_PATH": str(state / "config" / "corral.config.json"),
@@ -178,6 +186,7 @@ async def running_api(
             state,
             bundles / "demo.zip",
             bundles / "demo",
+            bundles / "hooks",
         )
         api.openapi = (await api.call("GET", "/api/v1/openapi.json", check_documented=False)).body
         yield api

@@ -1,0 +1,315 @@
+"""Inbound webhooks: `/webhook/{slug}/{tenant}/{rest}` reaches exactly that tenant's worker.
+
+Outside API-key authentication, but rate limited per (route, tenant). Before the plugin sees a
+byte: the route and method are checked, the body is bounded (413 from `Content-Length` before it
+is read, or while a chunked body streams), and the signature is verified in core when the route
+declares a scheme (401, audited). The worker's answer is bounded in time (504, with `$/cancel`)
+and size, and its headers are filtered. Bodies, queries and payloads are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from protocol import ConnectionClosedError, Manifest, RemoteError
+from protocol.categories.webhook_handler import WebhookRequest, WebhookResponse
+from protocol.manifest import WebhookRoute
+
+from .access import public
+from .api_common import TENANT_RE
+from .audit import AuditLog
+from .http_errors import ApiError
+from .middleware import request_id_of
+from .openapi import documented
+from .ratelimit import RouteTenantLimiter
+from .slot import CircuitOpenError, UnavailableError
+from .supervisor import ActivationKey, ActivationSpec, Supervisor
+from .webhook_verify import (
+    MemoryReplayCache,
+    RoutePolicyError,
+    SignatureError,
+    WebhookUrlSettings,
+    check_route_policy,
+    request_external_url,
+    verify,
+)
+
+HANDLE_METHOD: Final = "webhook_handler.handle"
+DEFAULT_RATE_PER_MINUTE: Final = 600.0
+DEFAULT_MAX_RESPONSE_BYTES: Final = 1024 * 1024
+_CHUNK: Final = 64 * 1024
+# Never forwarded to the plugin: credentials for other systems and per-connection headers.
+_DROPPED_REQUEST_HEADERS: Final = frozenset(
+    {"cookie", "proxy-authorization", "x-api-key", "connection", "keep-alive", "te", "trailer"}
+    | {"transfer-encoding", "upgrade", "proxy-connection", "host", "content-length"}
+)
+# Never passed back from the plugin: hop-by-hop, framing, and what only the host may set.
+_DROPPED_RESPONSE_HEADERS: Final = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer"}
+    | {"transfer-encoding", "upgrade", "content-length", "content-encoding", "set-cookie"}
+    | {"server", "date", "strict-transport-security", "x-request-id"}
+    | {"access-control-allow-origin", "access-control-allow-credentials"}
+)
+NOT_FOUND: Final = "no such webhook"
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Rate limit per (route, tenant), the cap on a plugin's answer, URL reconstruction."""
+
+    rate_per_minute: float = DEFAULT_RATE_PER_MINUTE
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    urls: WebhookUrlSettings = field(default_factory=WebhookUrlSettings)
+    profile: str = "default"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> WebhookSettings:
+        """Read `CORRAL_WEBHOOK_RATE_PER_MINUTE` and the public-URL settings."""
+        rate = float(environ.get("CORRAL_WEBHOOK_RATE_PER_MINUTE") or DEFAULT_RATE_PER_MINUTE)
+        return cls(
+            rate_per_minute=rate,
+            urls=WebhookUrlSettings.from_env(environ),
+            profile=environ.get("CORRAL_PROFILE", "default").strip().lower() or "default",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    spec: ActivationSpec
+    route: WebhookRoute
+
+
+class WebhookRouter:
+    """Resolve, bound, verify and forward webhook requests. One per host process."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        manifests: Mapping[str, Manifest],
+        audit: AuditLog | None,
+        settings: WebhookSettings | None = None,
+    ) -> None:
+        self.settings = settings or WebhookSettings()
+        self._supervisor = supervisor
+        self._manifests = manifests
+        self._audit = audit
+        self._limiter = RouteTenantLimiter(self.settings.rate_per_minute)
+        self._replay = MemoryReplayCache()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer one webhook request (see the module docstring for every outcome)."""
+        started = time.monotonic()
+        target = self._resolve(request)
+        spec, route = target.spec, target.route
+        if request.method not in route.methods:
+            raise ApiError(
+                405,
+                "method_not_allowed",
+                f"this webhook takes {', '.join(route.methods)}",
+                headers={"Allow": ", ".join(route.methods)},
+            )
+        self._limiter.charge(f"{spec.plugin_id}/{route.route_id}", spec.tenant_id)
+        body = await _read_bounded(request, route.max_body_bytes)
+        verified = await self._verify(request, target, body)
+        forwarded = WebhookRequest(
+            route_id=route.route_id,
+            method=request.method,
+            path=request.match_info["rest"] or "/",
+            query=list(request.query.items()),
+            headers={
+                k.lower(): v
+                for k, v in request.headers.items()
+                if k.lower() not in _DROPPED_REQUEST_HEADERS
+            },
+            body=body,
+            client_address=request.remote,
+            verified=verified,
+        )
+        answer = await self._forward(spec, route, forwarded)
+        _log.info(
+            "webhook %s %s/%s for %s answered %d in %.1f ms",
+            request.method,
+            spec.plugin_id,
+            route.route_id,
+            spec.tenant_id,
+            answer.status,
+            (time.monotonic() - started) * 1000.0,
+        )
+        return answer
+
+    def _resolve(self, request: web.Request) -> _Target:
+        slug, tenant = request.match_info["slug"], request.match_info["tenant_id"]
+        rest = request.match_info["rest"] or "/"
+        if TENANT_RE.fullmatch(tenant) is None:
+            raise ApiError(404, "not_found", NOT_FOUND)
+        manifest = next((m for m in self._manifests.values() if slug in (m.url_slug, m.id)), None)
+        spec = (
+            self._supervisor.spec_of(ActivationKey(tenant, manifest.id))
+            if manifest is not None
+            else None
+        )
+        route = _match_route(spec.manifest, rest) if spec is not None else None
+        if spec is None or route is None:
+            raise ApiError(404, "not_found", NOT_FOUND)  # the same for slug, tenant and route
+        return _Target(spec, route)
+
+    async def _verify(self, request: web.Request, target: _Target, body: bytes) -> bool:
+        spec, route = target.spec, target.route
+        try:
+            check_route_policy(route, self.settings.profile)
+        except RoutePolicyError as exc:
+            await self._record_refusal(request, target, "verification_required")
+            raise ApiError(403, "verification_required", str(exc)) from None
+        if route.verify in ("plugin", "none"):
+            return False
+        secret = spec.config.get(route.secret_field or "")
+        url = request_external_url(request, self.settings.urls)
+        try:
+            await verify(
+                route,
+                secret if isinstance(secret, str) else None,
+                method=request.method,
+                url=url,
+                headers=request.headers,
+                body=body,
+                now=time.time(),
+                replay=self._replay,
+                tenant_id=spec.tenant_id,
+                plugin_id=spec.plugin_id,
+            )
+        except SignatureError as exc:
+            await self._record_refusal(request, target, str(exc.reason))
+            raise ApiError(401, "invalid_signature", "the signature does not verify") from None
+        return True
+
+    async def _forward(
+        self, spec: ActivationSpec, route: WebhookRoute, forwarded: WebhookRequest
+    ) -> web.Response:
+        try:
+            async with asyncio.timeout(route.timeout_seconds):
+                answer: WebhookResponse = await self._supervisor.call(
+                    spec.key,
+                    HANDLE_METHOD,
+                    forwarded,
+                    timeout_s=route.timeout_seconds,
+                    result_type=WebhookResponse,
+                )
+        except CircuitOpenError as exc:
+            retry = str(max(1, round(exc.retry_after_s or 1)))
+            raise ApiError(
+                503, "unavailable", "the plugin is unavailable", headers={"Retry-After": retry}
+            ) from None
+        except UnavailableError as exc:
+            retry = str(max(1, round(exc.retry_after_s or 1)))
+            raise ApiError(
+                503, "unavailable", "the plugin is unavailable", headers={"Retry-After": retry}
+            ) from None
+        except TimeoutError:
+            raise ApiError(504, "gateway_timeout", "the plugin did not answer in time") from None
+        except ConnectionClosedError:
+            raise ApiError(502, "bad_gateway", "the plugin's worker went away") from None
+        except RemoteError as exc:
+            _log.warning(
+                "webhook %s/%s for %s: the plugin failed (%s)",
+                spec.plugin_id,
+                route.route_id,
+                spec.tenant_id,
+                exc.code,
+            )
+            raise ApiError(502, "bad_gateway", "the plugin failed to handle the request") from None
+        return self._answer(answer)
+
+    def _answer(self, answer: WebhookResponse) -> web.Response:
+        if not 200 <= answer.status <= 599 or len(answer.body) > self.settings.max_response_bytes:
+            raise ApiError(502, "bad_gateway", "the plugin's answer was not usable")
+        headers = CIMultiDict(
+            (k, v)
+            for k, v in answer.headers.items()
+            if k.lower() not in _DROPPED_RESPONSE_HEADERS and "\n" not in v and "\r" not in v
+        )
+        return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+    async def _record_refusal(self, request: web.Request, target: _Target, reason: str) -> None:
+        spec, route = target.spec, target.route
+        _log.warning(
+            "webhook %s/%s for %s refused: %s (from %s)",
+            spec.plugin_id,
+            route.route_id,
+            spec.tenant_id,
+            reason,
+            request.remote,
+        )
+        if self._audit is None:
+            return
+        try:
+            await self._audit.record(
+                "webhook.verify",
+                outcome="denied",
+                tenant=spec.tenant_id,
+                target=f"{spec.plugin_id}/{route.route_id}",
+                request_id=request_id_of(request),
+                details={"reason": reason, "client": request.remote},
+            )
+        except Exception:
+            _log.exception("could not audit a refused webhook")
+
+
+def _match_route(manifest: Manifest, rest: str) -> WebhookRoute | None:
+    """Return the route whose path is `rest` or a literal prefix of it at a `/` boundary."""
+    for route in manifest.webhook:
+        base = route.path.rstrip("/")
+        if rest == route.path or rest == base or rest.startswith(base + "/"):
+            return route
+    return None
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes:
+    """Read the body, refusing (413) before reading when `Content-Length` says it is too big."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(413, "payload_too_large", f"this webhook takes at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"this webhook takes at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+WEBHOOKS: Final = web.AppKey("webhooks", WebhookRouter)
+WEBHOOK_PATH: Final = "/webhook/{slug}/{tenant_id}{rest:(/.*)?}"
+WEBHOOK_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+@public
+@documented(
+    "A provider's callback, routed to that tenant's worker",
+    responses={200: None, 204: None},
+    errors=[401, 403, 404, 405, 413, 429, 502, 503, 504],
+    tag="webhooks",
+    description="`slug` is the plugin's manifest slug (or its id), `tenant_id` a tenant or "
+    "`global`, and the rest of the path matches one of the plugin's `[[webhook]]` paths. The "
+    "plugin chooses its answer's status; the errors listed are the host's.",
+)
+async def webhook(request: web.Request) -> web.StreamResponse:
+    """Any method on /webhook/{slug}/{tenant_id}/{rest}."""
+    return await request.app[WEBHOOKS].handle(request)
+
+
+def add_routes(app: web.Application) -> None:
+    """Add the webhook routes to `app` (the router must be at `app[WEBHOOKS]`)."""
+    for method in WEBHOOK_METHODS:
+        app.router.add_route(method, WEBHOOK_PATH, webhook)
