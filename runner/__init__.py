@@ -7,6 +7,17 @@ It composes `protocol` (the wire) and `sandbox` (confinement); they know nothing
 __version__ = "0.1.0"
 
 from .dispatch import Dispatcher, DispatchError, DispatchResult, NoProviderError
+from .egress import EgressBroker
+from .egress_audit import EgressEvent, audit_log_sink
+from .egress_errors import (
+    EgressDeniedError,
+    EgressError,
+    EgressFailedError,
+    EgressReason,
+    EgressSettingsError,
+    to_remote_error,
+)
+from .egress_settings import EgressSettings, HostOverride
 from .errors import RunnerError, WorkerStartError
 from .host import Host, HostSettings, PluginNotInstalledError
 from .install import Installer, InstallSettings
@@ -35,8 +46,17 @@ __all__ = [
     "DispatchError",
     "DispatchResult",
     "Dispatcher",
+    "EgressBroker",
+    "EgressDeniedError",
+    "EgressError",
+    "EgressEvent",
+    "EgressFailedError",
+    "EgressReason",
+    "EgressSettings",
+    "EgressSettingsError",
     "ForkServerSpawner",
     "Host",
+    "HostOverride",
     "HostSettings",
     "InstallError",
     "InstallSettings",
@@ -58,5 +78,7 @@ __all__ = [
     "WorkerStartError",
     "WorkerState",
     "__version__",
+    "audit_log_sink",
+    "to_remote_error",
     "unconfined",
 ]

@@ -32,7 +32,7 @@ from .paths import default_state_dir
 from .service import Service, ServiceSettings
 
 DEFAULT_PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
-NOT_YET = "webhooks and egress are not implemented yet"
+NOT_YET = "webhooks at /webhook/{slug}/{tenant}/..., egress per manifest grants"
 
 
 def _serve(args: argparse.Namespace) -> int:

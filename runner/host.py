@@ -15,13 +15,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from protocol import Manifest, load_manifest
+import msgspec
+
+from protocol import (
+    HTTP_REQUEST_METHOD,
+    ErrorCode,
+    HttpRequest,
+    HttpResponse,
+    Manifest,
+    RemoteError,
+    load_manifest,
+)
+from protocol.endpoint import Handler
 from sandbox import Mode, ResourceLimits
 
 from .allowlist import load_allowlist
+from .audit import AuditLog
 from .bundles import discover
 from .checksums import load_checksums
 from .dispatch import Dispatcher
+from .egress import EgressBroker
+from .egress_audit import audit_log_sink
+from .egress_errors import EgressError, to_remote_error
+from .egress_settings import EgressSettings
 from .errors import RunnerError, WorkerStartError
 from .install import Installer, InstallSettings
 from .install_errors import InstallError
@@ -59,6 +75,7 @@ class HostSettings:
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     watch: WatchSettings = field(default_factory=WatchSettings)
     restart: RestartSettings = field(default_factory=RestartSettings)
+    egress: EgressSettings = field(default_factory=EgressSettings)
 
     @property
     def is_hipaa(self) -> bool:
@@ -74,6 +91,7 @@ class HostSettings:
             profile=profile_from_env(environ),
             remote_install=remote_install_enabled(environ),
             sandbox_mode=mode,
+            egress=EgressSettings.from_env(environ),
         )
 
 
@@ -88,6 +106,7 @@ class Host:
         spawner: ForkServerSpawner,
         statuses: list[PluginStatus],
         manifests: Mapping[str, Manifest],
+        egress: EgressBroker,
     ) -> None:
         self.settings = settings
         self.installer = installer
@@ -98,6 +117,7 @@ class Host:
             s.record.plugin_id: s.record for s in statuses if s.is_ok
         }
         self.manifests = dict(manifests)
+        self.egress = egress
         self.launcher = WorkerLauncher(sandbox, spawner)
         self.supervisor = Supervisor(
             self._start_worker, watch=settings.watch, restart=settings.restart
@@ -105,7 +125,7 @@ class Host:
         self.dispatcher = Dispatcher(self.supervisor)
 
     @classmethod
-    async def start(cls, settings: HostSettings) -> Host:
+    async def start(cls, settings: HostSettings, *, audit: AuditLog | None = None) -> Host:
         """Load trust files, install shipped bundles, verify the store, open the sandbox.
 
         Raises InstallError-derived or sandbox errors when the host cannot run safely: an invalid
@@ -148,7 +168,8 @@ class Host:
         manifests = await asyncio.to_thread(
             lambda: {s.record.plugin_id: load_manifest(s.path) for s in ok}
         )
-        return cls(settings, installer, sandbox, spawner, statuses, manifests)
+        egress = EgressBroker(settings.egress, audit_log_sink(audit) if audit else None)
+        return cls(settings, installer, sandbox, spawner, statuses, manifests, egress)
 
     async def _start_worker(self, spec: ActivationSpec) -> PluginWorker:
         record = self.plugins.get(spec.plugin_id)
@@ -165,7 +186,26 @@ class Host:
             bundle_dir=bundle,
             config=spec.config,
             config_digest=spec.config_digest,
+            host_functions={HTTP_REQUEST_METHOD: self._egress_for(spec)},
         )
+
+    def _egress_for(self, spec: ActivationSpec) -> Handler:
+        """Return the `http.request` host function of one activation's workers."""
+        tenant_id, plugin_id, manifest = spec.tenant_id, spec.plugin_id, spec.manifest
+
+        async def http_request(params: Any) -> HttpResponse:
+            try:
+                request = msgspec.convert(params, HttpRequest)
+            except msgspec.ValidationError as exc:
+                raise RemoteError(ErrorCode.INVALID_PARAMS, f"http.request: {exc}") from None
+            try:
+                return await self.egress.request(
+                    tenant_id=tenant_id, plugin_id=plugin_id, permissions=manifest, request=request
+                )
+            except EgressError as exc:
+                raise to_remote_error(exc) from exc
+
+        return http_request
 
     async def install(self, source: str | Path, *, uploaded: bool = False) -> InstalledPlugin:
         """Install a bundle (every check applies) and load it; return its record.
@@ -235,6 +275,7 @@ class Host:
         try:
             await self.supervisor.close()
             await self.spawner.close()
+            await self.egress.close()
         finally:
             self.sandbox.close()
 

@@ -115,7 +115,7 @@ class Service:
         registry = await asyncio.to_thread(load_registry, settings.registry_path)
         features = store.features(await store.peek())
         host_settings = replace(settings.host, remote_install=features.plugin_install)
-        host = await Host.start(host_settings)
+        host = await Host.start(host_settings, audit=audit)
         host_ref.append(host)
         try:
             repository = StoreKeyRepository(store)
