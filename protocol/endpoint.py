@@ -27,16 +27,18 @@ from .errors import (
 )
 from .framing import (
     DEFAULT_MAX_FRAME_BYTES,
-    HEADER,
     READ_CHUNK_BYTES,
     Buffer,
     FrameParser,
     FrameReader,
+    FrameWriter,
 )
 from .messages import (
     CANCEL_METHOD,
+    DECODE_ERRORS,
     MAX_MSGID,
     ErrorObject,
+    LazyRequest,
     Message,
     MessageCodec,
     Notification,
@@ -54,16 +56,56 @@ DEFAULT_MAX_CONCURRENT_REQUESTS: Final = 256
 # more: a peer pipelining large calls then has them read one or a few at a time, as they finish.
 SERVING_BUDGET_BYTES: Final = 1024 * 1024
 _CLOSE_TIMEOUT_S: Final = 2.0
+# Decodes params for a method without a params type, and retries a typed decode (below).
+_PLAIN_DECODER: Final = msgspec.msgpack.Decoder()
 
 _log = logging.getLogger(__name__)
 
 
 class _Route:
-    __slots__ = ("handler", "params_type")
+    __slots__ = ("decoder", "handler", "params_type")
 
     def __init__(self, handler: Handler, params_type: type[Any] | None) -> None:
         self.handler = handler
         self.params_type = params_type
+        self.decoder: msgspec.msgpack.Decoder[Any] = (
+            _PLAIN_DECODER if params_type is None else msgspec.msgpack.Decoder(params_type)
+        )
+
+    def decode_params(self, raw: msgspec.Raw) -> Any:
+        """Return the handler's params from their msgpack; `_InvalidParams` if they do not fit.
+
+        Decoding straight into the params type skips building (and then converting) plain dicts.
+        Where that is stricter than `msgspec.convert` from plain values (bytes sent as base64
+        text, for one), the params are converted the old way, so a peer sees the same answers.
+        Raises FrameError for bytes that are not msgpack at all.
+        """
+        try:
+            try:
+                return self.decoder.decode(raw)
+            except msgspec.ValidationError:
+                if self.params_type is None:
+                    raise
+                plain = _PLAIN_DECODER.decode(raw)
+            return msgspec.convert(plain, self.params_type)
+        except msgspec.ValidationError as exc:
+            return _InvalidParams(str(exc))
+        except DECODE_ERRORS as exc:
+            raise FrameError(f"malformed message: {exc}") from exc
+
+
+class _InvalidParams:
+    """Params that did not convert to the method's type: the call is answered `invalid_params`."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+# A message read while calls are at their limit, waiting with its size and, for a Request, the
+# route it was decoded for (routes are looked up when a call arrives, not when it starts).
+_Incoming = tuple[Message, int, _Route | None]
 
 
 class Endpoint:
@@ -93,6 +135,8 @@ class Endpoint:
         self._parser = FrameParser(self._on_frame, max_frame_bytes)
         self._max_frame_bytes = max_frame_bytes
         self._writer = writer
+        self._out = FrameWriter(writer, max_frame_bytes)
+        self._frames_read = 0
         self._codec = MessageCodec()
         self._log = logger or _log
         self._routes: dict[str, _Route] = {}
@@ -104,7 +148,7 @@ class Endpoint:
         # none is free waits in the backlog, with everything after it, and reading stops.
         self._free_slots = max_concurrent_requests
         self._serving_bytes = 0
-        self._backlog: deque[tuple[Message, int]] = deque()
+        self._backlog: deque[_Incoming] = deque()
         self._unblocked = asyncio.Event()
         self._broken: FrameError | None = None
         self._next_msgid = initial_msgid & MAX_MSGID
@@ -141,6 +185,7 @@ class Endpoint:
     @max_frame_bytes.setter
     def max_frame_bytes(self, value: int) -> None:
         self._max_frame_bytes = value
+        self._out.max_frame_bytes = value
         self._frames.max_frame_bytes = value
         self._parser.max_frame_bytes = value
 
@@ -217,10 +262,18 @@ class Endpoint:
             raise FrameError("stream ended inside a frame")
 
     def _feed(self, chunk: bytes) -> None:
+        before = self._frames_read
         try:
             self._parser.feed(chunk)
         except FrameError as exc:
             self._break(exc)
+            return
+        if self._frames_read - before > 1:
+            # The calls this read started, and the callers it woke, run next: what they write is
+            # sent in writes of a few frames instead of one write (and one wake-up of the peer)
+            # per frame. A few, not all: with one write per read the two processes would take
+            # turns instead of working at once. The answer to a lone frame is written at once.
+            self._out.cork(self._loop or self._running_loop())
 
     def _break(self, error: FrameError) -> None:
         """Stop reading because the peer broke the protocol; `run` then closes the session."""
@@ -266,6 +319,8 @@ class Endpoint:
             if task is not current:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self._out.flush()
         if not self._writer.is_closing():
             self._writer.close()
         with contextlib.suppress(Exception):
@@ -290,15 +345,16 @@ class Endpoint:
         `ConnectionClosedError` when the session ends first. On timeout or cancellation the peer
         is sent `$/cancel` for this msgid.
         """
-        if self.is_closed:
-            raise ConnectionClosedError(self._close_reason or "session closed")
+        if self._close_reason is not None:
+            raise ConnectionClosedError(self._close_reason)
         msgid = self._allocate_msgid()
-        loop = self._running_loop()
+        loop = self._loop or self._running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending[msgid] = future
         deadline_s = self.call_timeout_s if timeout_s is None else timeout_s
         try:
-            await self._send(Request(msgid, method, params))
+            if self._send_now(Request(msgid, method, params)):
+                await self._drain()
             if deadline_s is not None:
                 self._deadlines.add(msgid, loop.time() + deadline_s, (method, deadline_s))
             try:
@@ -323,8 +379,8 @@ class Endpoint:
 
     async def notify(self, method: str, params: Any = None) -> None:
         """Send a one-way notification; raise ConnectionClosedError if the session has ended."""
-        if self.is_closed:
-            raise ConnectionClosedError(self._close_reason or "session closed")
+        if self._close_reason is not None:
+            raise ConnectionClosedError(self._close_reason)
         await self._send(Notification(method, params))
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -338,7 +394,11 @@ class Endpoint:
             future.set_exception(CallTimeoutError(*call))
 
     def _allocate_msgid(self) -> int:
-        for _ in range(len(self._pending) + 1):
+        msgid = self._next_msgid
+        self._next_msgid = (msgid + 1) & MAX_MSGID
+        if msgid not in self._pending:
+            return msgid
+        for _ in range(len(self._pending)):
             msgid = self._next_msgid
             self._next_msgid = (msgid + 1) & MAX_MSGID
             if msgid not in self._pending:
@@ -352,15 +412,22 @@ class Endpoint:
                 self._write(Notification(CANCEL_METHOD, [msgid]))
 
     def _write(self, message: Message) -> None:
-        frame = self._codec.encode_frame(message)
-        if len(frame) - HEADER.size > self._max_frame_bytes:
-            size = len(frame) - HEADER.size
-            raise FrameError(f"frame of {size} bytes exceeds {self._max_frame_bytes}")
-        self._writer.write(frame)
+        self._out.write(self._codec.encode(message))
 
     async def _send(self, message: Message) -> None:
+        if self._send_now(message):
+            await self._drain()
+
+    def _send_now(self, message: Message) -> bool:
+        """Write `message`; return whether the caller must then await `_drain()`."""
         try:
             self._write(message)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionClosedError(f"cannot write to peer: {exc}") from exc
+        return self._out.must_drain
+
+    async def _drain(self) -> None:
+        try:
             await self._writer.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise ConnectionClosedError(f"cannot write to peer: {exc}") from exc
@@ -368,13 +435,27 @@ class Endpoint:
     # -- incoming -----------------------------------------------------------------------------
 
     def _on_frame(self, frame: Buffer) -> None:
-        message, size = self._codec.decode(frame), len(frame)
-        if self._backlog or (type(message) is Request and not self._admits(size)):
-            self._backlog.append((message, size))
-            if len(self._backlog) == 1 and isinstance(self._reader, FrameStreamReader):
-                self._reader.pause_reading()
-            return
-        self._dispatch(message, size)
+        self._frames_read += 1
+        message = self._codec.decode_lazy(frame)
+        size = len(frame)
+        if isinstance(message, LazyRequest):
+            # Params are decoded now, while `frame` is valid, with the type their method expects.
+            route = self._routes.get(message.method)
+            params = None if route is None else route.decode_params(message.params)
+            request = Request(message.msgid, message.method, params)
+            if self._backlog or not self._admits(size):
+                self._hold((request, size, route))
+            else:
+                self._start(request, size, route)
+        elif self._backlog:
+            self._hold((message, size, None))
+        else:
+            self._dispatch(message, size, None)
+
+    def _hold(self, incoming: _Incoming) -> None:
+        self._backlog.append(incoming)
+        if len(self._backlog) == 1 and isinstance(self._reader, FrameStreamReader):
+            self._reader.pause_reading()
 
     def _admits(self, size: int) -> bool:
         # A call needs a slot, and room in the byte budget unless nothing else is being served.
@@ -385,11 +466,11 @@ class Endpoint:
     def _drain_backlog(self) -> None:
         try:
             while self._backlog:
-                message, size = self._backlog[0]
+                message, size, route = self._backlog[0]
                 if type(message) is Request and not self._admits(size):
                     return
                 self._backlog.popleft()
-                self._dispatch(message, size)
+                self._dispatch(message, size, route)
         except FrameError as exc:
             self._break(exc)
             return
@@ -397,19 +478,11 @@ class Endpoint:
         if isinstance(self._reader, FrameStreamReader):
             self._reader.resume_reading()
 
-    def _dispatch(self, message: Message, size: int) -> None:
+    def _dispatch(self, message: Message, size: int, route: _Route | None) -> None:
         if isinstance(message, Response):
             self._resolve(message)
         elif isinstance(message, Request):
-            if message.msgid in self._serving:
-                raise FrameError(f"duplicate msgid {message.msgid} for a call still in flight")
-            self._free_slots -= 1
-            self._serving_bytes += size
-            task = self._running_loop().create_task(
-                self._serve(message, size), name=f"{self.name}-{message.method}"
-            )
-            if not task.done():  # with an eager task factory it may have finished already
-                self._serving[message.msgid] = task
+            self._start(message, size, route)
         elif message.method == CANCEL_METHOD:
             self._cancel_incoming(message.params)
         else:
@@ -421,6 +494,17 @@ class Endpoint:
                 handler(message.params)
             except Exception:
                 self._log.exception("%s: notification handler %r failed", self.name, message.method)
+
+    def _start(self, request: Request, size: int, route: _Route | None) -> None:
+        if request.msgid in self._serving:
+            raise FrameError(f"duplicate msgid {request.msgid} for a call still in flight")
+        self._free_slots -= 1
+        self._serving_bytes += size
+        task = (self._loop or self._running_loop()).create_task(
+            self._serve(request, size, route), name=self.name
+        )
+        if not task.done():  # with an eager task factory it may have finished already
+            self._serving[request.msgid] = task
 
     def _resolve(self, response: Response) -> None:
         future = self._pending.get(response.msgid)
@@ -444,25 +528,33 @@ class Endpoint:
             # Its first step was queued when it was created, so it runs first.
             self._running_loop().call_soon(task.cancel)
 
-    async def _serve(self, request: Request, size: int) -> None:
+    async def _serve(self, request: Request, size: int, route: _Route | None) -> None:
         # The slot and the bytes are held until the reply has been written and drained, so a peer
         # that does not read our replies stops getting its calls read. Clean-up is a `finally`,
         # not a done-callback, which would cost every call one more loop iteration.
         try:
             try:
-                response = await self._answer(request)
+                if route is None:
+                    message = f"no method {request.method!r}"
+                    response = _error(request, ErrorCode.METHOD_NOT_FOUND, message)
+                elif type(request.params) is _InvalidParams:
+                    response = _error(request, ErrorCode.INVALID_PARAMS, request.params.message)
+                else:
+                    response = Response(request.msgid, None, await route.handler(request.params))
             except asyncio.CancelledError:
                 if request.msgid in self._cancel_requested and not self.is_closed:
-                    error = ErrorObject(
-                        ErrorCode.CANCELLED, f"call to {request.method!r} cancelled"
-                    )
+                    message = f"call to {request.method!r} cancelled"
                     with contextlib.suppress(FrameError, ConnectionError, RuntimeError):
-                        self._write(Response(request.msgid, error, None))
+                        self._write(_error(request, ErrorCode.CANCELLED, message))
                 raise
-            frame = self._encode_reply(request, response)
-            with contextlib.suppress(ConnectionError, RuntimeError):  # the reader sees it
-                self._writer.write(frame)
-                await self._writer.drain()
+            except Exception as exc:
+                response = self._handler_failed(request, exc)
+            try:
+                self._out.write(self._encode_reply(request, response))
+                if self._out.must_drain:
+                    await self._writer.drain()
+            except (ConnectionError, RuntimeError):
+                pass  # the reader sees the stream end and closes the session
         finally:
             self._serving.pop(request.msgid, None)
             self._cancel_requested.discard(request.msgid)
@@ -471,38 +563,25 @@ class Endpoint:
             if self._backlog and not self.is_closed:
                 self._drain_backlog()
 
-    def _encode_reply(self, request: Request, response: Response) -> bytearray:
+    def _handler_failed(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, RemoteError):
+            return Response(request.msgid, ErrorObject(exc.code, exc.message, exc.data), None)
+        if isinstance(exc, TimeoutError):
+            return _error(request, ErrorCode.TIMEOUT, f"{request.method!r} timed out")
+        self._log.exception("%s: handler for %r failed", self.name, request.method, exc_info=exc)
+        return _error(request, ErrorCode.INTERNAL, f"internal error in {request.method!r}")
+
+    def _encode_reply(self, request: Request, response: Response) -> bytes:
         """Encode once; a result that cannot be encoded or is too large becomes an error reply."""
         try:
-            frame = self._codec.encode_frame(response)
+            body = self._codec.encode(response)
         except FrameError as exc:
             error = _error(request, ErrorCode.INTERNAL, f"result cannot be encoded: {exc}")
-            return self._codec.encode_frame(error)
-        if len(frame) - HEADER.size > self._max_frame_bytes:
+            return self._codec.encode(error)
+        if len(body) > self._max_frame_bytes:
             error = _error(request, ErrorCode.TOO_LARGE, "result exceeds the frame limit")
-            return self._codec.encode_frame(error)
-        return frame
-
-    async def _answer(self, request: Request) -> Response:
-        route = self._routes.get(request.method)
-        if route is None:
-            return _error(request, ErrorCode.METHOD_NOT_FOUND, f"no method {request.method!r}")
-        params = request.params
-        if route.params_type is not None:
-            try:
-                params = msgspec.convert(params, route.params_type)
-            except msgspec.ValidationError as exc:
-                return _error(request, ErrorCode.INVALID_PARAMS, str(exc))
-        try:
-            result = await route.handler(params)
-        except RemoteError as exc:
-            return Response(request.msgid, ErrorObject(exc.code, exc.message, exc.data), None)
-        except TimeoutError:
-            return _error(request, ErrorCode.TIMEOUT, f"{request.method!r} timed out")
-        except Exception:
-            self._log.exception("%s: handler for %r failed", self.name, request.method)
-            return _error(request, ErrorCode.INTERNAL, f"internal error in {request.method!r}")
-        return Response(request.msgid, None, result)
+            return self._codec.encode(error)
+        return body
 
 
 def _error(request: Request, code: ErrorCode, message: str) -> Response:

@@ -2,7 +2,8 @@
 
 `FrameParser` cuts frames out of whatever chunks arrive, without copying small frames and with one
 copy for large ones; `FrameReader` drives it from a StreamReader, and an `Endpoint` drives it from
-a `streams.FrameStreamReader`'s callback. What is inside a frame is `messages`' business.
+a `streams.FrameStreamReader`'s callback. `FrameWriter` frames bodies onto a StreamWriter, several
+frames per write when asked to. What is inside a frame is `messages`' business.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .errors import FrameError
 HEADER: Final = struct.Struct(">I")
 DEFAULT_MAX_FRAME_BYTES: Final = 8 * 1024 * 1024
 READ_CHUNK_BYTES: Final = 64 * 1024
+# While corked, frames go out in writes of at most this many frames (or about this many bytes).
+CORK_FRAMES: Final = 8
+CORK_BYTES: Final = 64 * 1024
 
 Buffer = bytes | bytearray | memoryview
 
@@ -142,3 +146,81 @@ class FrameReader:
                 return None
             self._parser.feed(chunk)
         return self._frames.popleft()
+
+
+class FrameWriter:
+    """Write frame bodies to a StreamWriter, each behind its header; hold small frames while corked.
+
+    A small body is joined to its header and written as one buffer; a large one as two, which
+    uvloop sends with one writev, without copying the body. Between `cork()` and the end of the
+    loop callbacks queued before it returns, small frames are held and written together, at most
+    `CORK_FRAMES` frames or `CORK_BYTES` bytes per write: fewer system calls, and fewer wake-ups of
+    the peer, than one write per frame. Must be used from the loop's thread.
+    """
+
+    def __init__(
+        self, writer: asyncio.StreamWriter, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._writer = writer
+        self._held: list[bytes] | None = None  # None: not corked, write at once
+        self._held_bytes = 0
+
+    def write(self, body: bytes) -> None:
+        """Frame and write `body` (or hold it while corked); raise FrameError if it is too large.
+
+        Errors of the transport (ConnectionError, RuntimeError once closed) propagate, except for
+        frames written later by the end of a cork: those are dropped, and the reader of the same
+        session sees the stream end.
+        """
+        size = len(body)
+        if size > self.max_frame_bytes:
+            raise FrameError(f"frame of {size} bytes exceeds {self.max_frame_bytes}")
+        if size >= CORK_BYTES:
+            self.flush()
+            self._writer.writelines((HEADER.pack(size), body))
+            return
+        frame = HEADER.pack(size) + body
+        held = self._held
+        if held is None:
+            self._writer.write(frame)
+            return
+        held.append(frame)
+        self._held_bytes += len(frame)
+        if len(held) >= CORK_FRAMES or self._held_bytes >= CORK_BYTES:
+            self.flush()
+
+    def cork(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hold small frames until the callbacks that `loop` has queued so far have run."""
+        if self._held is None:
+            self._held = []
+            loop.call_soon(self._uncork)
+
+    def flush(self) -> None:
+        """Write the frames held so far (staying corked)."""
+        held = self._held
+        if held:
+            self._held = []
+            self._held_bytes = 0
+            if len(held) == 1:
+                self._writer.write(held[0])
+            else:
+                self._writer.writelines(held)
+
+    def _uncork(self) -> None:
+        try:
+            self.flush()
+        except (ConnectionError, RuntimeError):
+            pass  # the stream is gone: the session's reader sees it end
+        finally:
+            self._held = None
+            self._held_bytes = 0
+
+    @property
+    def must_drain(self) -> bool:
+        """Whether `drain()` could wait or raise: the transport holds unsent bytes, or is closing.
+
+        Otherwise `drain()` returns at once, and skipping it saves three coroutines per frame.
+        """
+        transport = self._writer.transport
+        return bool(transport.get_write_buffer_size()) or transport.is_closing()

@@ -218,7 +218,8 @@ class PluginWorker:
         """Call a method on the worker (see `Endpoint.request` for errors raised)."""
         self.inflight += 1
         self.calls += 1
-        self._idle.clear()
+        if self.inflight == 1:
+            self._idle.clear()
         try:
             return await self._endpoint.request(
                 method, params, timeout_s=timeout_s, result_type=result_type

@@ -16,7 +16,7 @@ from protocol import (
     RemoteError,
     encode_frame,
 )
-from protocol.messages import MAX_MSGID
+from protocol.messages import MAX_MSGID, Request
 
 from . import conftest
 from .conftest import READER_KINDS, stream_pair
@@ -175,7 +175,7 @@ async def test_a_cancel_that_arrives_answers_cancelled_to_a_raw_caller() -> None
     b.register("hang", hang)
     b.start()
     codec = b._codec
-    aw.write(encode_frame(codec.encode(__import__("protocol").Request(5, "hang", None))))
+    aw.write(encode_frame(codec.encode(Request(5, "hang", None))))
     aw.write(encode_frame(codec.encode(__import__("protocol").Notification("$/cancel", [5]))))
     await aw.drain()
     size = HEADER.unpack(await ar.readexactly(4))[0]
@@ -368,3 +368,58 @@ async def test_the_negotiated_frame_limit_applies_to_reading_too() -> None:
         await b.wait_closed()
     assert "exceeds 1024" in (b.close_reason or "")
     aw.close()
+
+
+class Blob(msgspec.Struct):
+    data: bytes
+
+
+async def test_params_convert_as_from_plain_values_when_a_typed_decode_refuses_them(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    # Params are decoded straight into the method's struct; what `msgspec.convert` accepted from
+    # plain values (here bytes as base64 text) is still accepted.
+    a, b = endpoints
+
+    async def size(params: Blob) -> int:
+        return len(params.data)
+
+    b.register("size", size, params_type=Blob)
+    assert await a.request("size", Blob(b"abc")) == 3
+    assert await a.request("size", {"data": "YWJjZA=="}) == 4
+    with pytest.raises(RemoteError) as info:
+        await a.request("size", {"data": 5})
+    assert info.value.code == ErrorCode.INVALID_PARAMS and "$.data" in info.value.message
+
+
+async def test_params_that_are_not_utf8_close_the_session() -> None:
+    (ar, aw), (br, bw) = await stream_pair()
+    b = Endpoint(br, bw, name="b")
+    b.register("typed", lambda p: asyncio.sleep(0), params_type=Params)
+    b.start()
+    aw.write(encode_frame(b"\x94\x00\x01\xa5typed\x81\xa4name\xa2\xff\xfe"))
+    await aw.drain()
+    async with asyncio.timeout(2):
+        await b.wait_closed()
+    assert "malformed" in (b.close_reason or "")
+    aw.close()
+
+
+async def test_calls_arriving_in_one_read_are_all_answered_in_order_of_completion() -> None:
+    # Many frames in one chunk: their answers are written a few frames per write (corked).
+    (ar, aw), (br, bw) = await stream_pair()
+    b = Endpoint(br, bw, name="b")
+    b.register("echo", lambda p: asyncio.sleep(0, p))
+    b.start()
+    codec = b._codec
+    requests = [Request(i, "echo", i) for i in range(50)]
+    aw.write(b"".join(encode_frame(codec.encode(r)) for r in requests))
+    await aw.drain()
+    replies = []
+    async with asyncio.timeout(5):
+        for _ in requests:
+            size = HEADER.unpack(await ar.readexactly(4))[0]
+            replies.append(codec.decode(await ar.readexactly(size)))
+    assert [(r.msgid, r.result) for r in replies] == [(i, i) for i in range(50)]
+    aw.close()
+    await b.aclose()

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import HEADER, FrameError, FrameReader, encode_frame
+from protocol import DEFAULT_MAX_FRAME_BYTES, HEADER, FrameError, FrameReader, encode_frame
+from protocol.framing import CORK_BYTES, CORK_FRAMES, FrameWriter
 
 
 def reader_with(*chunks: bytes, eof: bool = True) -> asyncio.StreamReader:
@@ -82,3 +84,64 @@ def test_random_bytes_give_frames_or_frame_error_never_anything_else(data: bytes
             pass
 
     asyncio.run(run())
+
+
+class _RecordingWriter:
+    """Just enough of a StreamWriter for FrameWriter: records every write call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[bytes]] = []
+        self.transport = self
+
+    def write(self, data: bytes) -> None:
+        self.calls.append([bytes(data)])
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.calls.append([bytes(d) for d in data])
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _frame_writer(limit: int = DEFAULT_MAX_FRAME_BYTES) -> tuple[FrameWriter, _RecordingWriter]:
+    out = _RecordingWriter()
+    return FrameWriter(cast(asyncio.StreamWriter, out), limit), out
+
+
+async def test_frame_writer_writes_at_once_unless_corked() -> None:
+    frames, out = _frame_writer()
+    frames.write(b"one")
+    assert out.calls == [[encode_frame(b"one")]]
+    assert not frames.must_drain
+
+
+async def test_frame_writer_sends_corked_frames_in_capped_batches_then_writes_at_once() -> None:
+    frames, out = _frame_writer()
+    frames.cork(asyncio.get_running_loop())
+    bodies = [str(i).encode() for i in range(CORK_FRAMES + 2)]
+    for body in bodies:
+        frames.write(body)
+    assert out.calls == [[encode_frame(b) for b in bodies[:CORK_FRAMES]]]  # the cap was reached
+    await asyncio.sleep(0)  # the callbacks queued before cork() have run: the rest goes out
+    assert out.calls[1:] == [[encode_frame(b) for b in bodies[CORK_FRAMES:]]]
+    frames.write(b"later")
+    assert out.calls[2:] == [[encode_frame(b"later")]]
+
+
+async def test_frame_writer_sends_a_large_body_after_what_it_holds_without_joining_it() -> None:
+    frames, out = _frame_writer()
+    frames.cork(asyncio.get_running_loop())
+    frames.write(b"small")
+    large = b"x" * CORK_BYTES
+    frames.write(large)
+    assert out.calls == [[encode_frame(b"small")], [HEADER.pack(len(large)), large]]
+
+
+def test_frame_writer_rejects_a_body_over_the_limit() -> None:
+    frames, out = _frame_writer(limit=4)
+    with pytest.raises(FrameError, match="exceeds 4"):
+        frames.write(b"12345")
+    assert out.calls == []

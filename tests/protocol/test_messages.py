@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import ErrorObject, FrameError, MessageCodec, Notification, Request, Response
+from protocol.messages import LazyRequest
 
 codec = MessageCodec()
 
@@ -34,6 +35,7 @@ def test_messages_use_the_msgpack_rpc_array_layout() -> None:
         msgspec.msgpack.encode([0, -1, "m", None]),
         msgspec.msgpack.encode({"type": 0}),  # not an array
         msgspec.msgpack.encode([1, 1, {"message": "no code"}, None]),
+        b"\x94\x00\x01\xa1m\x81\xa1s\xa2\xff\xfe",  # a string that is not UTF-8
         b"\xc1",  # never-used msgpack byte
         b"",
     ],
@@ -41,6 +43,15 @@ def test_messages_use_the_msgpack_rpc_array_layout() -> None:
 def test_decode_rejects_malformed_messages(body: bytes) -> None:
     with pytest.raises(FrameError):
         codec.decode(body)
+
+
+def test_decode_lazy_leaves_request_params_as_msgpack() -> None:
+    message = codec.decode_lazy(codec.encode(Request(7, "a.b", {"x": b"\x00"})))
+    assert isinstance(message, LazyRequest)
+    assert (message.msgid, message.method) == (7, "a.b")
+    assert msgspec.msgpack.decode(message.params) == {"x": b"\x00"}
+    response = Response(7, None, [1])
+    assert codec.decode_lazy(codec.encode(response)) == response
 
 
 json_values = st.recursive(
