@@ -13,6 +13,7 @@ FORBIDDEN = {
     "sandbox": {"aiohttp", "msgspec", "protocol", "runner", "plugins"},
     "plugins.sdk": {"aiohttp", "sandbox", "runner"},
     "plugins.sdk.worker": {"aiohttp", "sandbox", "runner"},
+    "plugins.sdk.http_manifest": {"aiohttp", "sandbox", "runner", "pydantic", "jsonschema"},
 }
 
 

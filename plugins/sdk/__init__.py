@@ -1,7 +1,8 @@
 """The author-facing SDK: declare a `Plugin`, implement its categories, get a `Context`.
 
-Plugins import only this package (and `plugins.sdk.providers`, helpers for HTTP providers, which
-is imported on demand to keep worker start-up lean). The runtime is `plugins.sdk.worker`.
+Plugins import only this package (and `plugins.sdk.providers`, helpers for HTTP providers, or
+`plugins.sdk.http_manifest`, the runtime of declarative HTTP providers; both are imported on demand
+to keep worker start-up lean). The runtime is `plugins.sdk.worker`.
 """
 
 from protocol import ErrorCode, HttpResponse, RemoteError

@@ -38,7 +38,7 @@ from protocol import (
 
 from . import logs
 from .context import Context
-from .plugin import Plugin
+from .plugin import Plugin, PluginDefinitionError
 
 _log = logging.getLogger("corral.worker")
 
@@ -146,6 +146,12 @@ class WorkerRuntime:
             sys.path.insert(0, bundle)
         try:
             module = importlib.import_module(manifest.entrypoint)
+        except PluginDefinitionError as exc:
+            # The SDK's own account of a bad bundle (a provider.json problem, say): it quotes no
+            # tenant data, and the operator needs it more than the exception's type.
+            raise RemoteError(
+                ErrorCode.PLUGIN_ERROR, f"cannot load {manifest.entrypoint!r}: {exc}"
+            ) from exc
         except Exception as exc:
             _log.exception("cannot import %s", manifest.entrypoint)
             raise RemoteError(

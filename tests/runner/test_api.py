@@ -255,7 +255,7 @@ async def test_registry_is_served_and_searchable(api: Api) -> None:
     ids = [p["id"] for p in everything.body["providers"]]
     assert {TWILIO, PHAXIO} <= set(ids)
     fax = await api.call("GET", "/plugin-registry?q=FAX")
-    assert [p["id"] for p in fax.body["providers"]] == [PHAXIO]
+    assert [p["id"] for p in fax.body["providers"]] == ["dev.corral.http-fax-example", PHAXIO]
     assert (await api.call("GET", "/plugin-registry", key=None)).status == 401
 
 

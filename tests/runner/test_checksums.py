@@ -22,7 +22,7 @@ from runner.install_cli import DEFAULT_ALLOWLIST, DEFAULT_CHECKSUMS, ROOT
 
 A = "a" * 64
 B = "b" * 64
-SHIPPED = ("plugins/twilio_sms", "plugins/phaxio_fax")
+SHIPPED = ("plugins/twilio_sms", "plugins/phaxio_fax", "plugins/http_fax_example")
 
 
 def test_parse_reads_names_and_digests_and_skips_comments(tmp_path: Path) -> None:

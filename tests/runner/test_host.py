@@ -13,6 +13,7 @@ import pytest
 
 from protocol import ErrorCode, RemoteError
 from protocol.categories.notification_channel import SendNotification
+from protocol.categories.outbound_fax import FaxQuery
 from runner.host import Host, HostSettings, PluginNotInstalledError
 from runner.slot import UnavailableError, WorkerState
 from runner.supervisor import ActivationKey
@@ -71,6 +72,24 @@ async def test_a_shipped_plugin_runs_confined_and_reaches_no_network(state_dir: 
             fields = dict(line.split(":", 1) for line in status)
         assert fields["Seccomp"].strip() == "2" and fields["NoNewPrivs"].strip() == "1"
         assert int(fields["Uid"].split()[0]) != 0
+    finally:
+        await host.close()
+
+
+async def test_the_declarative_http_example_runs_confined(state_dir: Path) -> None:
+    """The generic runtime loads provider.json inside the sandbox and asks the host for egress."""
+    plugin_id = "dev.corral.http-fax-example"
+    config = {"api_key": "key-1", "api_secret": "secret-0d9c8b7a"}
+    host = await Host.start(HostSettings(state_dir=state_dir))
+    try:
+        assert await host.activate("tenant-a", plugin_id, config)
+        key = host.supervisor.resolve("tenant-a", plugin_id)
+        with pytest.raises(RemoteError) as info:
+            await host.supervisor.call(
+                key, "outbound_fax.get_status", FaxQuery(job_id="1"), timeout_s=10
+            )
+        assert info.value.code == ErrorCode.UNAVAILABLE  # it got as far as http.request
+        assert "secret-0d9c8b7a" not in info.value.message
     finally:
         await host.close()
 

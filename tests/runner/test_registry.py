@@ -331,6 +331,7 @@ def _shipped_manifests() -> dict[str, Any]:
 def test_the_shipped_registry_loads() -> None:
     registry = load_registry(DEFAULT_REGISTRY_PATH)
     assert [p.id for p in registry.search(None)] == [
+        "dev.corral.http-fax-example",
         "dev.corral.phaxio-fax",
         "dev.corral.twilio-sms",
     ]
