@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from .auth import ApiKeys
+from .config_model import TENANT_ID_PATTERN
 from .control import Control
 from .http_errors import ApiError, read_json
 from .middleware import TENANT
@@ -24,7 +25,7 @@ M = TypeVar("M", bound=BaseModel)
 CONTROL: Final = web.AppKey("control", Control)
 KEYS: Final = web.AppKey("keys", ApiKeys)
 REGISTRY: Final = web.AppKey("registry", Registry)
-TENANT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+TENANT_RE: Final = re.compile(TENANT_ID_PATTERN)  # the config document's own rule
 
 
 def tenant_of(request: web.Request) -> str:

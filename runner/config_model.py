@@ -25,7 +25,8 @@ from .config_errors import ConfigInvalidError
 
 SCHEMA_VERSION: Final = 1
 
-TenantId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+TENANT_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN)]
 PluginId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 PluginSettings = dict[str, JsonValue]
 

@@ -28,10 +28,11 @@ from .access import public
 from .api_common import TENANT_RE
 from .audit import AuditLog
 from .http_errors import ApiError
+from .install_remote import profile_from_env
 from .middleware import request_id_of
 from .openapi import documented
 from .ratelimit import RouteTenantLimiter
-from .slot import CircuitOpenError, UnavailableError
+from .slot import UnavailableError
 from .supervisor import ActivationKey, ActivationSpec, Supervisor
 from .webhook_verify import (
     MemoryReplayCache,
@@ -80,7 +81,7 @@ class WebhookSettings:
         return cls(
             rate_per_minute=rate,
             urls=WebhookUrlSettings.from_env(environ),
-            profile=environ.get("CORRAL_PROFILE", "default").strip().lower() or "default",
+            profile=profile_from_env(environ),
         )
 
 
@@ -205,12 +206,7 @@ class WebhookRouter:
                     timeout_s=route.timeout_seconds,
                     result_type=WebhookResponse,
                 )
-        except CircuitOpenError as exc:
-            retry = str(max(1, round(exc.retry_after_s or 1)))
-            raise ApiError(
-                503, "unavailable", "the plugin is unavailable", headers={"Retry-After": retry}
-            ) from None
-        except UnavailableError as exc:
+        except UnavailableError as exc:  # an open circuit too (CircuitOpenError)
             retry = str(max(1, round(exc.retry_after_s or 1)))
             raise ApiError(
                 503, "unavailable", "the plugin is unavailable", headers={"Retry-After": retry}

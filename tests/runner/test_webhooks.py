@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from runner.supervisor import ActivationKey
-from tests.runner.api_harness import HOOKS, TWILIO, Api, running_api
+from tests.runner.api_harness import HOOKS, TWILIO, Answer, Api, running_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -66,6 +66,18 @@ def twilio_signature(token: str, url: str, form: dict[str, str]) -> str:
 
 def hook_signature(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def post_signed(api: Api, tenant: str, body: bytes) -> Answer:
+    """POST `body` to the hooks fixture's signed route, signed with the tenant's secret."""
+    return await api.call(
+        "POST",
+        f"/webhook/hooks/{tenant}/signed",
+        key=None,
+        data=body,
+        headers={"X-Signature": hook_signature(HOOK_SECRETS[tenant], body)},
+        check_documented=False,
+    )
 
 
 def calls(api: Api, tenant: str, plugin_id: str) -> int:
@@ -159,14 +171,7 @@ async def test_methods_are_checked_with_allow(api: Api) -> None:
 async def test_an_oversized_body_is_413_before_the_worker_sees_it(api: Api) -> None:
     before = calls(api, A, HOOKS)
     big = b"x" * 2048
-    declared = await api.call(
-        "POST",
-        f"/webhook/hooks/{A}/signed",
-        key=None,
-        data=big,
-        headers={"X-Signature": hook_signature(HOOK_SECRETS[A], big)},
-        check_documented=False,
-    )
+    declared = await post_signed(api, A, big)
     assert (declared.status, declared.body["error"]) == (413, "payload_too_large")
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -182,14 +187,7 @@ async def test_an_oversized_body_is_413_before_the_worker_sees_it(api: Api) -> N
 
 async def test_a_slow_handler_is_504_and_cancelled(api: Api) -> None:
     body = b"slow"
-    answer = await api.call(
-        "POST",
-        f"/webhook/hooks/{A}/signed",
-        key=None,
-        data=body,
-        headers={"X-Signature": hook_signature(HOOK_SECRETS[A], body)},
-        check_documented=False,
-    )
+    answer = await post_signed(api, A, body)
     assert (answer.status, answer.body["error"]) == (504, "gateway_timeout")
     for _ in range(50):  # the worker received $/cancel: nothing stays in flight
         status = next(
@@ -205,25 +203,11 @@ async def test_a_slow_handler_is_504_and_cancelled(api: Api) -> None:
 
 async def test_a_worker_dying_mid_request_is_502_and_it_comes_back(api: Api) -> None:
     body = b"crash"
-    answer = await api.call(
-        "POST",
-        f"/webhook/hooks/{B}/signed",
-        key=None,
-        data=body,
-        headers={"X-Signature": hook_signature(HOOK_SECRETS[B], body)},
-        check_documented=False,
-    )
+    answer = await post_signed(api, B, body)
     assert (answer.status, answer.body["error"]) == (502, "bad_gateway")
     ok = b"after"
     for _ in range(100):
-        again = await api.call(
-            "POST",
-            f"/webhook/hooks/{B}/signed",
-            key=None,
-            data=ok,
-            headers={"X-Signature": hook_signature(HOOK_SECRETS[B], ok)},
-            check_documented=False,
-        )
+        again = await post_signed(api, B, ok)
         if again.status == 200:
             break
         assert again.status == 503 and again.headers["Retry-After"]
