@@ -52,7 +52,7 @@ async def test_a_worker_that_never_replies_times_out_and_is_killed(host: Host) -
     took = time.monotonic() - started
     # It ignores SIGTERM: shutdown (1 s), SIGTERM (1 s), then SIGKILL.
     assert status == -signal.SIGKILL
-    assert 1.9 <= took < 4.5
+    assert took >= 1.9  # it waited out both grace periods (the upper bound is the timeout)
     assert not psutil.pid_exists(worker.pid)
     await host.assert_healthy()
 
@@ -75,6 +75,21 @@ async def test_kill_after_the_worker_exited_never_signals_a_recycled_pid(host: H
     """
     if not os.access(NS_LAST_PID, os.W_OK):
         pytest.skip(f"cannot steer pid allocation: {NS_LAST_PID} is not writable")
+    # The window depends on other processes of this machine not taking the pid first: try a
+    # few times, and fail (not skip) if it never opens, since then the test proved nothing.
+    for _ in range(ATTEMPTS):
+        if await kill_into_a_recycled_pid(host):
+            break
+    else:
+        pytest.fail(f"could not recycle a worker's pid in {ATTEMPTS} attempts")
+    await host.assert_healthy()
+
+
+ATTEMPTS = 8
+
+
+async def kill_into_a_recycled_pid(host: Host) -> bool:
+    """Recycle a dead worker's pid, then `kill()` it; False when the window could not be made."""
     worker = await host.start()
     pid = worker.pid
     call = asyncio.ensure_future(host.attack("exit", {"status": 7}, worker=worker))
@@ -83,15 +98,16 @@ async def test_kill_after_the_worker_exited_never_signals_a_recycled_pid(host: H
     try:
         hold_the_loop_until_gone(pid)
         if psutil.pid_exists(pid) or worker.returncode is not None:
-            pytest.skip("could not hold the window open")
+            return False
         victim = start_with_pid(pid)
         try:
             if victim.pid != pid:
                 await wait_reaped(worker)  # now kill() knows it exited and signals nobody
-                pytest.skip(f"another process took pid {pid} first")
+                return False
             await worker.kill()  # its first step signals, before the loop runs again
             await asyncio.sleep(0.1)
             assert victim.poll() is None, f"kill() signalled pid {pid}, now another process"
+            return True
         finally:
             with contextlib.suppress(ProcessLookupError):
                 victim.kill()
@@ -100,7 +116,6 @@ async def test_kill_after_the_worker_exited_never_signals_a_recycled_pid(host: H
         with contextlib.suppress(ConnectionClosedError):
             await call
         await worker.kill()
-    await host.assert_healthy()
 
 
 def hold_the_loop_until_gone(pid: int, timeout_s: float = 2.0) -> None:
