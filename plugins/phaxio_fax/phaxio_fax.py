@@ -355,7 +355,12 @@ class PhaxioStatusWebhook:
         self._ctx = ctx
 
     async def handle(self, request: WebhookRequest) -> WebhookResponse:
-        """Parse a verified status callback; 200 on success, 4xx when it cannot be used."""
+        """Parse a verified status callback and acknowledge it; 4xx when it cannot be used.
+
+        The 200 carries a JSON acknowledgement: the fax id, corral's status, and the tenant whose
+        worker took it (the tenant is in the URL already; a provider's delivery log then shows
+        which activation answered). Nothing from the callback beyond the id and status goes back.
+        """
         refusal = refuse_webhook(request, route_id=STATUS_ROUTE)
         if refusal is not None:
             return refusal
@@ -370,4 +375,7 @@ class PhaxioStatusWebhook:
         self._ctx.log.info(
             "fax %s is %s (%s)", job.job_id, job.status, job.provider_status or "no status"
         )
-        return WebhookResponse(status=200)
+        ack = {"fax_id": job.job_id, "status": job.status, "tenant": self._ctx.tenant_id}
+        return WebhookResponse(
+            status=200, headers={"Content-Type": "application/json"}, body=json.dumps(ack).encode()
+        )

@@ -374,7 +374,13 @@ async def test_status_callback_is_parsed_and_answered_200(
     request_: WebhookRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=f"plugin.{PLUGIN_ID}")
-    assert await handle(request_) == WebhookResponse(status=200)
+    response = await handle(request_)
+    assert (response.status, response.headers) == (200, {"Content-Type": "application/json"})
+    assert json.loads(response.body) == {
+        "fax_id": "12345",
+        "status": "success",
+        "tenant": "tenant-a",
+    }
     assert "fax 12345 is success (success)" in caplog.text
 
 
