@@ -185,6 +185,20 @@ class JsonConfigStore:
             snapshot = await asyncio.to_thread(self._update, mutator, expected_etag, subtree)
         return snapshot.copy()
 
+    async def reread(self) -> ConfigSnapshot:
+        """Read the document from disk afresh (edited by hand, or restored) and return it.
+
+        Unlike `load`, damage is not papered over: raises ConfigInvalidError when the file is
+        missing, unreadable, not JSON or not a valid document, and SecretKeyError when a stored
+        secret does not decrypt. The file is then left as it is, for the operator to fix or
+        restore (never rolled back behind their back); reads serve the last version that
+        parsed (`load`), and writes refuse while the file does not parse. Secret fields found
+        in plaintext are encrypted, in the backups too, as at start-up.
+        """
+        async with self._lock:
+            snapshot = await asyncio.to_thread(self._reread)
+        return snapshot.copy()
+
     async def peek(self) -> ConfigSnapshot:
         """Return the current document without copying it: callers must not change it.
 
@@ -267,6 +281,23 @@ class JsonConfigStore:
             seal_backups(self.path, self._box, self._secret_fields)
             prune_backups(self.path, self.settings.backups)
             return rollback
+
+    def _reread(self) -> ConfigSnapshot:
+        with exclusive_lock(self._lock_path):
+            try:
+                snapshot = self._read()
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise ConfigInvalidError(self.path.name, [f"$: cannot read: {reason}"]) from exc
+            self._box.refresh()  # `corral config rotate-key` may have run meanwhile
+            check_document(snapshot.document, self._box)
+            doc = snapshot.document.model_copy(deep=True)
+            if encrypt_document(doc, self._box, self._secret_fields):
+                _log.warning("encrypted secret values found in plaintext in %s", self.path)
+                self._write(encode_document(doc), backups=self.settings.backups)
+                seal_backups(self.path, self._box, self._secret_fields)
+                snapshot = self._read()
+            return snapshot
 
     def _restore(self, data: bytes) -> None:
         self._write(data, backups=0)  # a damaged file must not push the good backups out

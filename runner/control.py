@@ -2,7 +2,8 @@
 
 `Control` keeps the config store (what should run) and the supervisor (what runs) in step:
 every change is written to the store first, then that (tenant, plugin)'s workers are reconciled
-with it. At start-up `restore` starts every enabled activation the store holds.
+with it. At start-up `restore` starts every enabled activation the store holds. Writes hold
+`writes` shared; a reload (`runner.reload`) holds it exclusively.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .control_errors import (
 from .host import Host
 from .install_store import InstalledPlugin
 from .supervisor import ActivationKey, ActivationSpec
+from .write_gate import WriteGate, shared_write
 
 DEFAULT_START_WAIT_S: Final = 10.0
 _log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class Control:
         self.store = store
         self.start_wait_s = start_wait_s
         self._locks: dict[ActivationKey, asyncio.Lock] = {}
+        self.writes = WriteGate()
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -136,6 +139,7 @@ class Control:
 
     # -- writes -----------------------------------------------------------------------------
 
+    @shared_write
     async def put_config(
         self,
         tenant_id: str,
@@ -183,6 +187,7 @@ class Control:
             ) from exc
         return await self.config(tenant_id, plugin_id), workers
 
+    @shared_write
     async def set_enabled(self, tenant_id: str, plugin_id: str, enabled: bool) -> Workers:
         """Activate (or deactivate) a plugin for a tenant, keeping its settings.
 
@@ -199,6 +204,7 @@ class Control:
         await self.store.update(write)
         return await self.reconcile(tenant_id, plugin_id)
 
+    @shared_write
     async def install(
         self, source: str | Path, *, uploaded: bool = False
     ) -> tuple[InstalledPlugin, dict[str, Workers]]:
@@ -211,6 +217,7 @@ class Control:
         outcomes = {t: await self._reconcile_quietly(t, record.plugin_id) for t in tenants}
         return record, outcomes
 
+    @shared_write
     async def uninstall(
         self, plugin_id: str, *, force: bool = False
     ) -> tuple[list[str], list[InstalledPlugin]]:
@@ -265,18 +272,14 @@ class Control:
         key = ActivationKey(tenant_id, plugin_id)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            snapshot = await self.store.peek()
-            tenant = snapshot.document.tenants.get(tenant_id)
-            activation = tenant.activation(plugin_id) if tenant else None
+            spec = await self.desired_spec(tenant_id, plugin_id)
             supervisor = self.host.supervisor
             running = supervisor.spec_of(key)
-            if activation is None or not activation.enabled or plugin_id not in self.host.plugins:
+            if spec is None:
                 if running is None:
                     return Workers.INACTIVE
                 await supervisor.deactivate(key)
                 return Workers.STOPPED
-            config = await self.store.plugin_config(tenant_id, plugin_id)
-            spec = self.host.activation_spec(tenant_id, plugin_id, config)
             if running is not None and running.instances != spec.instances:
                 await supervisor.deactivate(key)  # a new version with another shape
                 running = None
@@ -291,6 +294,30 @@ class Control:
                 return Workers.UNCHANGED
             await supervisor.reconfigure(spec)
             return Workers.SWITCHED
+
+    async def stop_workers(self, tenant_id: str, plugin_id: str) -> Workers:
+        """Drain and stop the (tenant, plugin)'s workers whatever the store says (a reload does
+        this when their bundle no longer verifies and no new one can start); keep the store."""
+        key = ActivationKey(tenant_id, plugin_id)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            if self.host.supervisor.spec_of(key) is None:
+                return Workers.INACTIVE
+            await self.host.supervisor.deactivate(key)
+            return Workers.STOPPED
+
+    async def desired_spec(self, tenant_id: str, plugin_id: str) -> ActivationSpec | None:
+        """Return the spec the store asks (tenant, plugin) to run, or None if nothing should run.
+
+        None when there is no enabled activation, or the plugin is not loaded (refused). Raises
+        SecretKeyError when a stored secret does not decrypt.
+        """
+        snapshot = await self.store.peek()
+        tenant = snapshot.document.tenants.get(tenant_id)
+        activation = tenant.activation(plugin_id) if tenant else None
+        if activation is None or not activation.enabled or plugin_id not in self.host.plugins:
+            return None
+        config = await self.store.plugin_config(tenant_id, plugin_id)
+        return self.host.activation_spec(tenant_id, plugin_id, config)
 
     async def _reconcile_quietly(
         self, tenant_id: str, plugin_id: str, *, wait: bool = True

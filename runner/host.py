@@ -2,7 +2,8 @@
 
 `Host.start` installs the shipped bundles (through the same checks as any install), re-verifies
 every installed plugin, probes the sandbox, and then activates plugins per tenant on request.
-Every worker start re-checks its bundle's digest first. The HTTP layer sits on top of this.
+Every worker start re-checks its bundle's digest first; `reload_trust` re-reads the trust files
+later (SIGHUP). The HTTP layer sits on top of this.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -95,6 +96,14 @@ class HostSettings:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TrustReload:
+    """What `Host.reload_trust` changed: plugin ids loaded (or at another version), unloaded."""
+
+    loaded: tuple[str, ...] = ()
+    unloaded: tuple[str, ...] = ()
+
+
 class Host:
     """Verified plugins plus supervised, sandboxed workers. Build with `await Host.start()`."""
 
@@ -113,9 +122,7 @@ class Host:
         self.sandbox = sandbox
         self.spawner = spawner
         self.statuses = statuses
-        self.plugins: dict[str, InstalledPlugin] = {
-            s.record.plugin_id: s.record for s in statuses if s.is_ok
-        }
+        self.plugins: dict[str, InstalledPlugin] = _loadable(statuses, {})
         self.manifests = dict(manifests)
         self.egress = egress
         self.launcher = WorkerLauncher(sandbox, spawner)
@@ -170,6 +177,44 @@ class Host:
         )
         egress = EgressBroker(settings.egress, audit_log_sink(audit) if audit else None)
         return cls(settings, installer, sandbox, spawner, statuses, manifests, egress)
+
+    async def reload_trust(self) -> TrustReload:
+        """Re-read allowlist.toml and checksums.txt; load exactly the plugins that verify now.
+
+        As at start-up: the shipped bundles are installed again under the new files, then every
+        installed plugin is re-verified. A loaded plugin whose record still verifies stays as it
+        is; one that no longer does is unloaded (its activations cannot start; `statuses` lists
+        it as refused); one that now verifies is loaded. `plugins`, `manifests` and `statuses`
+        change in place, all at once at the end. Workers are not touched: the caller reconciles
+        them (`Control.reconcile`). Raises AllowlistError or ChecksumsError when a file is
+        invalid, RecordsError when the store's index is: then nothing has changed.
+        """
+        paths = (self.settings.allowlist_path, self.settings.checksums_path)
+        allowlist = await asyncio.to_thread(load_allowlist, paths[0])
+        checksums = await asyncio.to_thread(load_checksums, paths[1])
+        previous = self.installer.settings
+        self.installer.settings = replace(previous, allowlist=allowlist, checksums=checksums)
+        try:
+            if self.settings.shipped_plugins_dir is not None:
+                await _install_shipped(self.installer, self.settings.shipped_plugins_dir)
+            statuses = await self.installer.verify_installed()
+            chosen = _loadable(statuses, self.plugins)
+            changed = sorted(i for i, r in chosen.items() if not _same(self.plugins.get(i), r))
+            bundles = {i: self.installer.path_of(chosen[i]) for i in changed}
+            manifests = await asyncio.to_thread(
+                lambda: {i: load_manifest(path) for i, path in bundles.items()}
+            )
+        except BaseException:
+            self.installer.settings = previous
+            raise
+        unloaded = sorted(set(self.plugins) - set(chosen))
+        for plugin_id in unloaded:
+            del self.plugins[plugin_id]
+            self.manifests.pop(plugin_id, None)
+        self.plugins.update(chosen)  # unchanged ones too: a re-install renews the record
+        self.manifests.update(manifests)
+        self.statuses = statuses
+        return TrustReload(tuple(changed), tuple(unloaded))
 
     async def _start_worker(self, spec: ActivationSpec) -> PluginWorker:
         record = self.plugins.get(spec.plugin_id)
@@ -280,6 +325,22 @@ class Host:
             self.sandbox.close()
 
 
+def _loadable(
+    statuses: list[PluginStatus], current: Mapping[str, InstalledPlugin]
+) -> dict[str, InstalledPlugin]:
+    """Return the record to load per plugin id: a `current` one that still verifies, else the
+    last verified one in record order (as at start-up)."""
+    ok = [s.record for s in statuses if s.is_ok]
+    chosen = {r.plugin_id: r for r in ok}
+    chosen.update({r.plugin_id: r for r in ok if _same(current.get(r.plugin_id), r)})
+    return chosen
+
+
+def _same(loaded: InstalledPlugin | None, record: InstalledPlugin) -> bool:
+    """Whether `record` is the bundle loaded (a re-install changes only its install time)."""
+    return loaded is not None and (loaded.version, loaded.digest) == (record.version, record.digest)
+
+
 async def _install_shipped(installer: Installer, plugins_dir: Path) -> None:
     """Install the bundles shipped in `plugins_dir`, through the same checks as any install."""
     bundles, problems = discover(plugins_dir)
@@ -292,4 +353,4 @@ async def _install_shipped(installer: Installer, plugins_dir: Path) -> None:
             _log.error("shipped bundle %s refused: %s", bundle.path, exc)
 
 
-__all__ = ["GLOBAL", "Host", "HostSettings", "PluginNotInstalledError"]
+__all__ = ["GLOBAL", "Host", "HostSettings", "PluginNotInstalledError", "TrustReload"]

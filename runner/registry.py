@@ -1,8 +1,9 @@
 """The curated plugin registry (`registry.json`): what the admin API offers to install.
 
 The file has Faxbot's shape, `{"providers": [{"id", "name", "type", "version", "manifest"},
-...]}`, and is validated once at load into a frozen `Registry`. Listing a plugin here grants
-nothing: installing it still goes through checksums.txt and allowlist.toml (`runner.install`).
+...]}`, and is validated once at load into a `Registry` (a reload swaps a new one's providers in
+whole: `Registry.replace_with`). Listing a plugin here grants nothing: installing it still goes
+through checksums.txt and allowlist.toml (`runner.install`).
 """
 
 from __future__ import annotations
@@ -135,9 +136,24 @@ class Provider(_Strict):
 
 
 class Registry(_Strict):
-    """A validated registry.json. Build it with `load_registry` or `parse_registry`."""
+    """A validated registry.json. Build it with `load_registry` or `parse_registry`.
+
+    Not frozen, for one reason: a reload swaps in new providers (`replace_with`) while the app
+    keeps this object. Nothing else assigns to it.
+    """
+
+    model_config = ConfigDict(frozen=False, extra="forbid")
 
     providers: tuple[Provider, ...]
+
+    def replace_with(self, other: Registry) -> bool:
+        """Serve `other`'s providers from now on; return whether they differ from the current.
+
+        One assignment of an immutable tuple: a reader sees the old providers or the new, whole.
+        """
+        changed = other.providers != self.providers
+        self.providers = other.providers
+        return changed
 
     def search(self, q: str | None = None) -> list[Provider]:
         """Return the providers whose id, name, type or description contains `q`, by id.

@@ -29,6 +29,7 @@ from .host import Host, HostSettings
 from .key_store import StoreKeyRepository
 from .ratelimit import AdminRateLimits, RateLimitSettings
 from .registry import Registry, load_registry, registry_path_from_env
+from .reload import ReloadReport, reload
 from .webhooks import WebhookRouter, WebhookSettings
 
 BOOTSTRAP_FILE_NAME: Final = "bootstrap-key"
@@ -150,6 +151,16 @@ class Service:
                 name="activations", ok=True, detail=f"{self.restored} restored at start"
             ),
         ]
+
+    async def reload(self) -> ReloadReport:
+        """Re-read allowlist, checksums, registry and config from disk and apply them (SIGHUP).
+
+        A part whose new file is invalid keeps its old state; the report says which and why.
+        Serialized with API writes; audited as `host.reload`. See `runner.reload`.
+        """
+        return await reload(
+            self.control, self.store, self.registry, self.settings.registry_path, self.audit
+        )
 
     async def close(self) -> None:
         """Stop every worker and the host."""
