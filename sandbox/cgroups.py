@@ -21,6 +21,7 @@ from .layers import Layer
 from .policy import ResourceLimits
 
 PARENT_NAME: Final = "corral"  # every worker cgroup lives under <host's cgroup>/corral/
+HOST_LEAF_NAME: Final = "host"  # v2: where the host moves when its cgroup must hold no process
 _REMOVE_TIMEOUT_S: Final = 2.0
 _REMOVE_POLL_S: Final = 0.005
 
@@ -85,12 +86,27 @@ def _prepare_v2(mounts: list[tuple[str, str, str, set[str]]], own: dict[str, str
         available = set(file.read().split())
     if not {"memory", "pids"} <= available:
         raise OSError(errno.ENOTSUP, f"memory/pids controllers not delegated to {base}")
-    # Fails with EBUSY when the host shares `base` with other processes (no internal processes).
-    _write(os.path.join(base, "cgroup.subtree_control"), "+memory +pids")
+    try:
+        _write(os.path.join(base, "cgroup.subtree_control"), "+memory +pids")
+    except OSError as exc:
+        # v2 forbids controllers on a cgroup with processes in it. Under systemd with
+        # `Delegate=yes` the service's cgroup holds the host itself: move it into a leaf.
+        if exc.errno != errno.EBUSY or not _holds_only_this_process(base):
+            raise
+        leaf = os.path.join(base, HOST_LEAF_NAME)
+        os.makedirs(leaf, exist_ok=True)
+        _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
+        _write(os.path.join(base, "cgroup.subtree_control"), "+memory +pids")
     parent = os.path.join(base, PARENT_NAME)
     os.makedirs(parent, exist_ok=True)
     _write(os.path.join(parent, "cgroup.subtree_control"), "+memory +pids")
     return parent
+
+
+def _holds_only_this_process(cgroup_dir: str) -> bool:
+    """Whether this process is the only one in `cgroup_dir` (so moving it empties the cgroup)."""
+    with open(os.path.join(cgroup_dir, "cgroup.procs"), encoding="ascii") as file:
+        return set(file.read().split()) == {str(os.getpid())}
 
 
 def _prepare_v1(mounts: list[tuple[str, str, str, set[str]]], own: dict[str, str]) -> list[str]:
