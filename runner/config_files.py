@@ -99,6 +99,30 @@ def write_atomically(
     fsync_dir(path.parent)
 
 
+def create_exclusively(path: Path, data: bytes, *, mode: int = PRIVATE_FILE) -> bool:
+    """Create `path` holding `data` unless it exists; return whether this call created it.
+
+    The file appears whole or not at all (a fsynced temp file hard-linked into place), and of
+    two processes racing to create it exactly one wins; the other reads the winner's file.
+    """
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=_TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, mode)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+    fsync_dir(path.parent)
+    return True
+
+
 def _rotate_backups(path: Path, keep: int) -> None:
     for generation in range(keep - 1, 0, -1):
         older = backup_path(path, generation)

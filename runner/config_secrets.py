@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import JsonValue
 
 from .config_errors import ConfigInvalidError, SecretKeyError, SecretsMaskedError
-from .config_files import PRIVATE_FILE, ensure_private_dir, write_atomically
+from .config_files import PRIVATE_FILE, create_exclusively, ensure_private_dir, write_atomically
 from .config_model import ConfigDocument, PluginSettings
 
 MASK: Final = "***"
@@ -90,9 +90,12 @@ def read_key_file(path: Path) -> list[SecretKey]:
 
 def write_key_file(path: Path, keys: Sequence[SecretKey]) -> None:
     """Replace the key file atomically (0600) with `keys`, the encrypting one first."""
+    write_atomically(path, _key_file_bytes(keys), mode=PRIVATE_FILE)
+
+
+def _key_file_bytes(keys: Sequence[SecretKey]) -> bytes:
     lines = [_KEY_PREFIX + base64.urlsafe_b64encode(k.material).decode() for k in keys]
-    data = (_KEY_FILE_HEADER + "\n".join(lines) + "\n").encode()
-    write_atomically(path, data, mode=PRIVATE_FILE)
+    return (_KEY_FILE_HEADER + "\n".join(lines) + "\n").encode()
 
 
 class SecretBox:
@@ -122,8 +125,9 @@ class SecretBox:
                     "CORRAL_SECRET_KEY_FILE to name an existing key file (it is never generated)"
                 )
             ensure_private_dir(path.parent)
-            write_key_file(path, [SecretKey.generate()])
-            _log.warning("generated a new secret key file at %s (mode 0600)", path)
+            # Exclusive: two processes opening a fresh store at once must not each keep a key.
+            if create_exclusively(path, _key_file_bytes([SecretKey.generate()])):
+                _log.warning("generated a new secret key file at %s (mode 0600)", path)
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
             if strict_mode:

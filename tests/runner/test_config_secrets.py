@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,26 @@ async def test_outside_hipaa_a_missing_key_file_is_generated_0600(tmp_path: Path
     await open_store(settings)
     assert stat.S_IMODE(settings.key_file.stat().st_mode) == 0o600
     assert len(read_key_file(settings.key_file)) == 1
+
+
+def test_processes_racing_to_create_the_key_file_all_end_up_with_one_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "secret.key"
+    script = (
+        "import sys; from pathlib import Path; from runner.config_secrets import SecretBox; "
+        "box = SecretBox.open(Path(sys.argv[1]), create=True, strict_mode=False); "
+        "print(box.primary.key_id)"
+    )
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    key_ids = {racer.communicate(timeout=60)[0].strip() for racer in racers}
+    assert all(racer.returncode == 0 for racer in racers)
+    assert key_ids == {read_key_file(path)[0].key_id}
+    assert len(read_key_file(path)) == 1
+    assert [p.name for p in path.parent.iterdir()] == ["secret.key"]  # no temp file left
 
 
 async def test_without_a_named_key_file_it_sits_beside_the_document(tmp_path: Path) -> None:
