@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench bench-webhook clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,24 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# Debian's chromium and its driver, for the admin console's browser tests (tests/console/);
+# installed (apt-get, as root) only when either is missing.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && apt-get install -y chromium chromium-driver)
+
+pytest: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/rpc.py
+
+# bench/webhook.py installs wrk itself (apt-get, as root) when it is missing
+bench-webhook: $(STAMP)
+	$(BIN)/python bench/webhook.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

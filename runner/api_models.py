@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from .control import Workers
 from .keys import Scope
+from .slot import WorkerState
 
 
 class _Model(BaseModel):
@@ -167,7 +168,11 @@ class WorkerOut(_Model):
     tenant_id: str
     plugin_id: str
     instance: int
-    state: str
+    state: str = Field(
+        description="`idle`: stopped after `CORRAL_WORKER_IDLE_SECONDS` without a call (not a "
+        "failure); the next call starts a worker",
+        json_schema_extra={"enum": [state.value for state in WorkerState]},
+    )
     pid: int | None
     restarts: int
     last_exit: int | None

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from .config_files import PRIVATE_FILE, ensure_private_dir, exclusive_lock, fsync_dir
 from .config_files import write_atomically as _write_atomically
@@ -118,24 +118,44 @@ class _Tail:
     stamp: tuple[int, int] = (0, 0)  # (inode, size) of the current file when last read
 
 
+def seal_record(event: Mapping[str, Any], seq: int, prev: str) -> dict[str, Any]:
+    """Return the record of `event` as chain link `seq` after `prev`: stamped and hashed."""
+    time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    record = {**event, "v": FORMAT, "seq": seq, "time": time, "prev": prev}
+    record["hash"] = line_hash(record)
+    return record
+
+
+class AuditSink(Protocol):
+    """Where records go instead of the file: a database (`runner.pg.audit`), one chain for all."""
+
+    async def append(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Append `event` (checked by `record`) as the chain's next link; return the record."""
+        ...
+
+
 class AuditLog:
     """Append events to the chain. Build with `await AuditLog.open(settings)`.
 
     Appends from tasks are serialized by a lock, and across processes by a file lock; each is
-    one `write` of a whole line, fsynced unless `settings.fsync` is false.
+    one `write` of a whole line, fsynced unless `settings.fsync` is false. With a `sink`, the
+    records go there instead (the file is not touched): same checks, same record shape.
     """
 
-    def __init__(self, settings: AuditSettings) -> None:
+    def __init__(self, settings: AuditSettings, sink: AuditSink | None = None) -> None:
         self.settings = settings
+        self.sink = sink
         self._lock = asyncio.Lock()
         self._tail = _Tail()
 
     @classmethod
-    async def open(cls, settings: AuditSettings) -> AuditLog:
+    async def open(cls, settings: AuditSettings, *, sink: AuditSink | None = None) -> AuditLog:
         """Open (or start) the log; a torn last line left by a crash is moved aside, loudly.
 
         Raises AuditCorruptError when the last complete line is unreadable.
         """
+        if sink is not None:
+            return cls(settings, sink)
         log = cls(settings)
         torn = await asyncio.to_thread(log._open_sync)
         if torn is not None:
@@ -161,6 +181,8 @@ class AuditLog:
         cancelled meanwhile.
         """
         event = _event(action, outcome, key_id, tenant, target, request_id, details or {})
+        if self.sink is not None:
+            return await self.sink.append(event)
         async with self._lock:
             return await asyncio.to_thread(self._append_sync, event)
 
@@ -186,10 +208,7 @@ class AuditLog:
 
     def _append_line(self, event: dict[str, Any]) -> dict[str, Any]:
         path = self.settings.path
-        time = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        record = {**event, "v": FORMAT, "seq": self._tail.seq + 1, "time": time}
-        record["prev"] = self._tail.prev
-        record["hash"] = line_hash(record)
+        record = seal_record(event, self._tail.seq + 1, self._tail.prev)
         line = (canonical(record) + "\n").encode()
         size = self._tail.stamp[1]
         if size and size + len(line) > self.settings.max_bytes:

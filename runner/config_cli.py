@@ -1,27 +1,35 @@
 """The `corral audit verify` and `corral config rotate-key` commands; `runner.cli` registers them.
 
 Exit codes: 0 success (the chain is intact; the key was rotated); 1 the chain has problems, or
-the rotation was refused or failed; 2 usage errors (argparse), or no audit log to verify.
+the rotation was refused or failed; 2 usage errors, no audit log to verify, or a setting (an
+environment variable) that cannot be used.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from .audit import AuditError, AuditLog, AuditSettings
 from .audit_verify import AuditReport, verify
+from .cli_common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_UNUSABLE,
+    add_json_option,
+    exit_epilog,
+    fail,
+    print_json,
+)
+from .cli_store import CliStateError, add_state_options, settings_environ
 from .config_errors import ConfigError
 from .config_settings import ConfigSettings
 from .config_store import JsonConfigStore
 from .paths import default_state_dir
-
-EXIT_PROBLEMS: Final = 1
-EXIT_UNUSABLE: Final = 2
+from .pg import StoreError, connect, store_url, verify_database
 
 
 def add_audit_commands(commands: Any) -> None:
@@ -32,18 +40,22 @@ def add_audit_commands(commands: Any) -> None:
         "verify",
         help="check the audit trail's hash chain, rotated files included",
         description="Walk the log and its rotated files oldest first and check every line's "
-        "hash and link. Exit 0 when intact, 1 when a line was edited, removed, inserted, "
-        "reordered or torn (each problem is named with its file and line), 2 when there is "
-        "no log to verify.",
+        "hash and link; each problem is named with its file and line.",
+        epilog=exit_epilog(
+            "a line was edited, removed, inserted, reordered or torn",
+            "no log to verify (or it cannot be read)",
+        ),
     )
     check.add_argument(
         "path",
         nargs="?",
         type=Path,
         default=None,
-        help="the current log file (default: $CORRAL_AUDIT_LOG, else <state dir>/audit/audit.log)",
+        help="the current log file (default: audit_log, $CORRAL_AUDIT_LOG, else <state dir>/audit/"
+        "audit.log, as corral serve with the same settings writes it)",
     )
-    check.add_argument("--json", action="store_true", help="machine-readable output")
+    add_state_options(check)
+    add_json_option(check)
     check.set_defaults(func=_audit_verify)
 
 
@@ -55,27 +67,46 @@ def add_config_commands(commands: Any) -> None:
         "rotate-key",
         help="re-encrypt every stored secret with a new key",
         description="Generate a new secret key, re-encrypt every secret in the config document "
-        "($CORRAL_CONFIG_PATH) and its backups with it, then retire the old key from "
-        "$CORRAL_SECRET_KEY_FILE. Safe while corral serves: the old key stays readable until the "
-        "rotation completes; if interrupted, run it again. Recorded in the audit trail. "
-        "Exit 0 when rotated, 1 when refused or failed.",
+        "(config_path, $CORRAL_CONFIG_PATH) and its backups with it, then retire the old key "
+        "from the key file (secret_key_file, $CORRAL_SECRET_KEY_FILE). Safe while corral "
+        "serves: the old key stays readable until the rotation completes; if interrupted, run "
+        "it again. Recorded in the audit trail.",
+        epilog=exit_epilog(
+            "the rotation was refused or failed (no key file yet, an unusable document or key "
+            "file)",
+            "a CORRAL_* setting that cannot be used",
+        ),
     )
-    rotate.add_argument("--json", action="store_true", help="machine-readable output")
+    add_state_options(rotate)
+    add_json_option(rotate)
     rotate.set_defaults(func=lambda args: asyncio.run(_rotate_key(args)))
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
     try:
-        path = args.path or AuditSettings.from_env(default_state_dir()).path
-        report = verify(path)
-    except (OSError, AuditError) as exc:
-        _fail("unusable", f"cannot verify the audit trail: {exc}", args.json)
-        return EXIT_UNUSABLE
+        environ = settings_environ(args)
+        url = None if args.path else store_url(environ)
+        if url is not None:  # CORRAL_STORE: the one chain every host appends to
+            report = asyncio.run(_verify_database(url))
+        else:
+            path = args.path or AuditSettings.from_env(default_state_dir(environ), environ).path
+            report = verify(path)
+    except (OSError, AuditError, CliStateError, StoreError) as exc:
+        message = f"cannot verify the audit trail: {exc}"
+        return fail("unusable", message, args.json, status=EXIT_UNUSABLE)
     if args.json:
-        print(json.dumps(report.to_json()))
+        print_json(report.to_json())
     else:
         _print_report(report)
-    return 0 if report.is_intact else EXIT_PROBLEMS
+    return EXIT_OK if report.is_intact else EXIT_PROBLEMS
+
+
+async def _verify_database(url: str) -> AuditReport:
+    conn = await connect(url)
+    try:
+        return await verify_database(conn)
+    finally:
+        await conn.close()
 
 
 def _print_report(report: AuditReport) -> None:
@@ -93,26 +124,29 @@ def _print_report(report: AuditReport) -> None:
 
 async def _rotate_key(args: argparse.Namespace) -> int:
     try:
-        settings = ConfigSettings.from_env()
+        environ = settings_environ(args)
+        settings = ConfigSettings.from_env(environ)
+        audit_settings = AuditSettings.from_env(default_state_dir(environ), environ)
+    except (ConfigError, AuditError, CliStateError) as exc:
+        return fail("unusable", str(exc), args.json, status=EXIT_UNUSABLE)
+    try:
         if not settings.is_hipaa and not settings.key_file.exists():  # HIPAA: open() says why
             raise ConfigError(f"no secret key file at {settings.key_file}: nothing to rotate")
-        audit = await AuditLog.open(AuditSettings.from_env(default_state_dir()))
+        audit = await AuditLog.open(audit_settings)
         store = await JsonConfigStore.open(settings, audit=audit)
         rotation = await store.rotate_secret_key()
     except (ConfigError, AuditError, OSError) as exc:
-        _fail("rotation_failed", f"key rotation failed: {exc}", args.json)
-        return EXIT_PROBLEMS
+        message = f"key rotation failed: {exc}"
+        return fail("rotation_failed", message, args.json, status=EXIT_PROBLEMS)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "key_id": rotation.key_id,
-                    "retired": rotation.retired,
-                    "secrets": rotation.secrets,
-                    "files": rotation.files,
-                    "skipped": rotation.skipped,
-                }
-            )
+        print_json(
+            {
+                "key_id": rotation.key_id,
+                "retired": rotation.retired,
+                "secrets": rotation.secrets,
+                "files": rotation.files,
+                "skipped": rotation.skipped,
+            }
         )
     else:
         print(
@@ -121,11 +155,4 @@ async def _rotate_key(args: argparse.Namespace) -> int:
         )
         for name, why in rotation.skipped.items():
             print(f"  backup {name} left as it was: {why}", file=sys.stderr)
-    return 0
-
-
-def _fail(code: str, message: str, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"error": code, "message": message}))
-    else:
-        print(f"corral: {message}", file=sys.stderr)
+    return EXIT_OK

@@ -9,6 +9,7 @@ hold PHI or credentials.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -18,6 +19,7 @@ from .egress_errors import EgressDeniedError, EgressError
 
 EgressOutcome = Literal["allowed", "denied", "failed"]
 EgressAudit = Callable[["EgressEvent"], Awaitable[None]]
+EgressObserver = Callable[["EgressEvent"], None]
 AUDIT_ACTION: Final = "egress.request"
 CANCELLED: Final = "cancelled"
 _AUDIT_OUTCOMES: Final[dict[EgressOutcome, Outcome]] = {
@@ -26,6 +28,9 @@ _AUDIT_OUTCOMES: Final[dict[EgressOutcome, Outcome]] = {
     "failed": "failure",
 }
 _log = logging.getLogger(__name__)
+_OBSERVERS: Final[weakref.WeakKeyDictionary[AuditLog, list[EgressObserver]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +73,17 @@ class EgressEvent:
         }
 
 
+def observe_egress(log: AuditLog, observer: EgressObserver) -> None:
+    """Also hand `observer` (metrics) every event that `audit_log_sink(log)` records."""
+    _OBSERVERS.setdefault(log, []).append(observer)
+
+
 def audit_log_sink(log: AuditLog) -> EgressAudit:
     """Return an egress audit callback that appends each event to `log` as `egress.request`."""
 
     async def record(event: EgressEvent) -> None:
+        for observe in _OBSERVERS.get(log, ()):
+            observe(event)
         await log.record(
             AUDIT_ACTION,
             outcome=_AUDIT_OUTCOMES[event.outcome],

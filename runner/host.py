@@ -232,6 +232,7 @@ class Host:
             config=spec.config,
             config_digest=spec.config_digest,
             host_functions={HTTP_REQUEST_METHOD: self._egress_for(spec)},
+            scrub=spec.scrub,
         )
 
     def _egress_for(self, spec: ActivationSpec) -> Handler:

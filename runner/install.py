@@ -9,6 +9,7 @@ manifest is read with tomllib only. docs/plugins.md describes the flow and every
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import hashlib
 import logging
@@ -48,7 +49,14 @@ from .install_signature import (
     read_signature_file,
     signature_path,
 )
-from .install_store import INDEX_NAME, InstalledPlugin, JsonRecords, PluginRecords, PluginStore
+from .install_store import (
+    INDEX_NAME,
+    InstalledPlugin,
+    JsonRecords,
+    PluginRecords,
+    PluginStore,
+    SharedBundles,
+)
 from .install_verify import PluginStatus, entry_integrity, entry_status
 
 _log = logging.getLogger(__name__)
@@ -103,10 +111,17 @@ class _Fetched:
 class Installer:
     """Install bundles into the store and verify installed ones. One per host process."""
 
-    def __init__(self, settings: InstallSettings, records: PluginRecords | None = None) -> None:
+    def __init__(
+        self,
+        settings: InstallSettings,
+        records: PluginRecords | None = None,
+        shared: SharedBundles | None = None,
+    ) -> None:
         self.settings = settings
         self.store = PluginStore(settings.store_dir)
         self.records = records or JsonRecords(settings.store_dir / INDEX_NAME)
+        # Other hosts' installs (a database): published to, and fetched from on demand.
+        self.shared = shared
         self._remote = RemotePolicy(
             enabled=settings.remote_install,
             profile=settings.profile,
@@ -114,6 +129,8 @@ class Installer:
             allow_loopback_http=settings.allow_loopback_http,
         )
         self._lock = asyncio.Lock()
+        # (stage, reason) of every refusal: "install", "startup", "spawn" or "fetch"; for metrics.
+        self.refusals: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def path_of(self, record: InstalledPlugin) -> Path:
         """Return the store directory of an installed plugin."""
@@ -134,6 +151,13 @@ class Installer:
         the store then. On cancellation the partial work is removed before CancelledError
         propagates. Installing an identical bundle again is harmless.
         """
+        try:
+            return await self._install(source, uploaded=uploaded)
+        except InstallError as exc:
+            self.refusals[("install", str(exc.reason))] += 1
+            raise
+
+    async def _install(self, source: str | Path, *, uploaded: bool) -> InstalledPlugin:
         # Checks that need neither the bundle's bytes nor the store come first, so a refusal
         # here has no side effect at all.
         if is_remote(source):
@@ -171,7 +195,37 @@ class Installer:
             record.source,
             record.digest,
         )
+        if self.shared is not None:
+            await self.shared.publish(record, self.path_of(record))
         return record
+
+    async def sync_shared(self) -> list[InstalledPlugin]:
+        """Share every local install, and fetch every shared one this host lacks (verified).
+
+        Returns the records fetched (now in the local store and records); loading them is a
+        `Host.reload_trust`, which verifies them against this host's allowlist too. A shared
+        tree that does not verify is skipped, loudly. Does nothing without `shared`.
+        """
+        if self.shared is None:
+            return []
+        local = {(r.plugin_id, r.version): r for r in await self.records.all()}
+        shared = {(r.plugin_id, r.version): r for r in await self.shared.records()}
+        for key, record in local.items():
+            if shared.get(key) != record:
+                await self.shared.publish(record, self.path_of(record))
+        fetched = []
+        for key, record in shared.items():
+            if key in local:
+                continue
+            try:
+                await self.shared.fetch(record, self.store)
+            except InstallError as exc:
+                self.refusals[("fetch", str(exc.reason))] += 1
+                _log.error("shared plugin %s %s not fetched: %s", *key, exc)
+                continue
+            await self.records.put(record)
+            fetched.append(record)
+        return fetched
 
     async def uninstall(self, plugin_id: str, version: str | None = None) -> list[InstalledPlugin]:
         """Remove the install record of (plugin_id, version), or of every version when None.
@@ -203,6 +257,8 @@ class Installer:
         # space, reused by a reinstall), never a record whose entry is gone.
         for record in doomed:
             await self.records.remove(record.plugin_id, record.version)
+            if self.shared is not None:
+                await self.shared.forget(record.plugin_id, record.version)
         in_use = {r.digest for r in await self.records.all()}
         for digest in sorted({r.digest for r in doomed} - in_use):
             if not is_sha256_hex(digest):  # a corrupt record: its entry cannot be named safely
@@ -301,6 +357,7 @@ class Installer:
                 entry_status, self.store, self.settings.allowlist, record
             )
             if not status.is_ok:
+                self.refusals[("startup", status.status)] += 1
                 _log.warning(
                     "installed plugin %s %s is %s and will not be loaded: %s",
                     record.plugin_id,
@@ -314,10 +371,15 @@ class Installer:
     async def verify_for_spawn(self, installed: InstalledPlugin) -> Path:
         """Recompute the store entry's digest just before a spawn; return the entry's path.
 
-        Raises InstallError with reason `modified` or `missing`.
+        Raises InstallError with reason `modified` or `missing`. An entry this host lacks is
+        first fetched from `shared` (when set), then verified here like any other.
         """
         status = await asyncio.to_thread(entry_integrity, self.store, installed)
+        if status.status == "missing" and self.shared is not None:
+            await self.shared.fetch(installed, self.store)
+            status = await asyncio.to_thread(entry_integrity, self.store, installed)
         if status.status != "ok":
+            self.refusals[("spawn", status.status)] += 1
             raise InstallError(
                 Reason(status.status),
                 status.detail,

@@ -1,14 +1,14 @@
 """The `corral plugins install|checksum|verify` commands; `runner.cli` registers them.
 
 Exit codes: 0 success; 1 a bundle was refused, failed verification or could not be digested;
-2 usage errors (argparse); 3 allowlist.toml, checksums.txt or the store's index is invalid.
+2 usage errors, or allowlist.toml, checksums.txt or the store's index is invalid. Installing
+several bundles and verifying the store show `[i/n] id ... outcome` on a terminal's stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -23,18 +23,29 @@ from .checksums import (
     checksum_name,
     load_checksums,
 )
+from .cli_common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_UNUSABLE,
+    Progress,
+    add_json_option,
+    exit_epilog,
+    fail,
+    print_json,
+)
 from .digest import UnsafeTreeError, tree_digest
 from .install import Installer, InstallSettings
 from .install_archive import ArchiveLimits, bundle_kind, unpack
 from .install_errors import InstallError
 from .install_store import InstalledPlugin, RecordsError
+from .install_verify import PluginStatus, entry_status
 from .paths import default_store_dir
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_ALLOWLIST: Final = ROOT / "allowlist.toml"
 DEFAULT_CHECKSUMS: Final = ROOT / "checksums.txt"
-EXIT_REFUSED: Final = 1
-EXIT_BAD_POLICY: Final = 3
+EXIT_REFUSED: Final = EXIT_PROBLEMS
+EXIT_BAD_POLICY: Final = EXIT_UNUSABLE
 
 
 def default_store() -> Path:
@@ -62,11 +73,7 @@ def _installer(args: argparse.Namespace, *, with_checksums: bool) -> Installer:
 
 
 def _policy_error(exc: AllowlistError | ChecksumsError | RecordsError, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps({"error": "invalid_policy", "message": str(exc)}))
-    else:
-        print(f"corral: {exc}", file=sys.stderr)
-    return EXIT_BAD_POLICY
+    return fail("invalid_policy", str(exc), as_json, status=EXIT_BAD_POLICY)
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -75,25 +82,50 @@ def _install(args: argparse.Namespace) -> int:
     except (AllowlistError, ChecksumsError) as exc:
         return _policy_error(exc, args.json)
     try:
-        record = asyncio.run(installer.install(args.source))
+        results = asyncio.run(_install_all(installer, args.sources, args.json))
     except RecordsError as exc:
         return _policy_error(exc, args.json)
-    except InstallError as exc:
-        if args.json:
-            print(json.dumps({"refused": exc.to_dict()}))
-        else:
-            print(f"refused ({exc.reason}): {exc.message}", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  {problem}", file=sys.stderr)
-            if exc.member is not None:
-                print(f"  member: {exc.member}", file=sys.stderr)
-        return EXIT_REFUSED
-    path = installer.path_of(record)
     if args.json:
-        print(json.dumps({"installed": _record_json(record, path)}))
-    else:
-        print(f"installed {record.plugin_id} {record.version} ({record.digest}) at {path}")
-    return 0
+        print_json(
+            results[0] if len(results) == 1 else {"results": results, "ok": _all_ok(results)}
+        )
+    return EXIT_OK if _all_ok(results) else EXIT_REFUSED
+
+
+def _all_ok(results: list[dict[str, Any]]) -> bool:
+    return all("installed" in r for r in results)
+
+
+async def _install_all(
+    installer: Installer, sources: list[str], as_json: bool
+) -> list[dict[str, Any]]:
+    """Install each source in turn; a refusal does not stop the others."""
+    progress = Progress(len(sources), as_json=as_json)
+    results: list[dict[str, Any]] = []
+    for source in sources:
+        try:
+            record = await installer.install(source)
+        except InstallError as exc:
+            results.append({"source": source, "refused": exc.to_dict()})
+            progress.step(exc.plugin_id or source, f"refused ({exc.reason})")
+            if not as_json:
+                _print_refusal(source, exc, several=len(sources) > 1)
+            continue
+        path = installer.path_of(record)
+        results.append({"source": source, "installed": _record_json(record, path)})
+        progress.step(record.plugin_id, "ok")
+        if not as_json:
+            print(f"installed {record.plugin_id} {record.version} ({record.digest}) at {path}")
+    return results
+
+
+def _print_refusal(source: str, exc: InstallError, *, several: bool) -> None:
+    where = f"{source}: " if several else ""
+    print(f"{where}refused ({exc.reason}): {exc.message}", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    if exc.member is not None:
+        print(f"  member: {exc.member}", file=sys.stderr)
 
 
 def _digests(path: Path) -> dict[str, str]:
@@ -125,8 +157,8 @@ def _checksum(args: argparse.Namespace) -> int:
         if not args.json:
             print(checksum_line(digests["sha256"], name))
     if args.json:
-        print(json.dumps({"checksums": results}))
-    return EXIT_REFUSED if failed else 0
+        print_json({"checksums": results})
+    return EXIT_REFUSED if failed else EXIT_OK
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -135,22 +167,38 @@ def _verify(args: argparse.Namespace) -> int:
     except AllowlistError as exc:
         return _policy_error(exc, args.json)
     try:
-        statuses = asyncio.run(installer.verify_installed())
+        statuses = asyncio.run(_verify_all(installer, args.json))
     except RecordsError as exc:
         return _policy_error(exc, args.json)
+    is_ok = all(s.is_ok for s in statuses)
     if args.json:
         rows = [
             {**_record_json(s.record, s.path), "status": s.status, "detail": s.detail}
             for s in statuses
         ]
-        print(json.dumps({"plugins": rows, "ok": all(s.is_ok for s in statuses)}))
+        print_json({"plugins": rows, "ok": is_ok})
     else:
         for s in statuses:
             detail = f"  {s.detail}" if s.detail else ""
             print(f"{s.status:9} {s.record.plugin_id:40} {s.record.version:12}{detail}")
         if not statuses:
             print(f"no plugins installed in {installer.store.root}")
-    return 0 if all(s.is_ok for s in statuses) else EXIT_REFUSED
+    return EXIT_OK if is_ok else EXIT_REFUSED
+
+
+async def _verify_all(installer: Installer, as_json: bool) -> list[PluginStatus]:
+    """Re-verify each installed plugin as `Installer.verify_installed` does, one step at a time."""
+    await asyncio.to_thread(installer.store.remove_stale)
+    records = await installer.installed()
+    progress = Progress(len(records), as_json=as_json)
+    statuses: list[PluginStatus] = []
+    for record in records:
+        status = await asyncio.to_thread(
+            entry_status, installer.store, installer.settings.allowlist, record
+        )
+        progress.step(f"{record.plugin_id} {record.version}", status.status)
+        statuses.append(status)
+    return statuses
 
 
 def _policy_options(parser: argparse.ArgumentParser, *, checksums: bool) -> None:
@@ -171,7 +219,7 @@ def _policy_options(parser: argparse.ArgumentParser, *, checksums: bool) -> None
             default=DEFAULT_CHECKSUMS,
             help="default: the root checksums.txt",
         )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(parser)
 
 
 def add_install_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -179,12 +227,19 @@ def add_install_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     install = commands.add_parser(
         "install",
         help="verify a bundle and add it to the plugin store",
-        description="Check a bundle (directory, .zip, .tar.gz, or an https URL when "
+        description="Check each bundle (directory, .zip, .tar.gz, or an https URL when "
         "CORRAL_PLUGIN_INSTALL=true) against checksums.txt and allowlist.toml, unpack it safely "
-        "and add it to the read-only store. Exit 1 with the refusal reason if it is refused, "
-        "3 if a policy file is invalid.",
+        "and add it to the read-only store. A refused bundle does not stop the others; with "
+        "several, a terminal shows [i/n] progress on stderr. A running corral serve loads what "
+        "is installed here at its next start or reload (the admin API installs and loads at once).",
+        epilog=exit_epilog(
+            "a bundle was refused (the reason is printed)",
+            "allowlist.toml, checksums.txt or the store's index.json is invalid",
+        ),
     )
-    install.add_argument("source", help="a bundle path, or an https:// URL")
+    install.add_argument(
+        "sources", nargs="+", metavar="SOURCE", help="a bundle path, or an https:// URL"
+    )
     _policy_options(install, checksums=True)
     install.set_defaults(func=_install)
 
@@ -193,8 +248,10 @@ def add_install_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="print checksums.txt lines for bundles",
         description="Print one checksums.txt line per bundle: the tree digest of a directory, "
         "the sha256 of an archive, named relative to the checksums file. --json also gives an "
-        "archive's tree digest (what allowlist.toml pins and signatures cover). Exit 1 if a "
-        "bundle cannot be digested (a link, a special file, an unsafe archive).",
+        "archive's tree digest (what allowlist.toml pins and signatures cover).",
+        epilog=exit_epilog(
+            "a bundle cannot be digested (a link, a special file, an unsafe archive)"
+        ),
     )
     checksum.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     checksum.add_argument(
@@ -203,14 +260,18 @@ def add_install_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         default=DEFAULT_CHECKSUMS,
         help="the checksums file the lines are for (names are relative to its directory)",
     )
-    checksum.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(checksum)
     checksum.set_defaults(func=_checksum)
 
     verify = commands.add_parser(
         "verify",
         help="re-verify every installed plugin",
         description="Recompute the digest of every store entry and re-check it against "
-        "allowlist.toml. Exit 1 if any is modified, missing or revoked.",
+        "allowlist.toml; with several entries, a terminal shows [i/n] progress on stderr.",
+        epilog=exit_epilog(
+            "an entry is modified, missing or revoked",
+            "allowlist.toml or the store's index.json is invalid",
+        ),
     )
     _policy_options(verify, checksums=False)
     verify.set_defaults(func=_verify)

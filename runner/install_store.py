@@ -66,6 +66,26 @@ class PluginRecords(Protocol):
         ...
 
 
+class SharedBundles(Protocol):
+    """Where installed trees are shared with other hosts (`runner.pg.bundles.PgBundles`)."""
+
+    async def publish(self, record: InstalledPlugin, entry: Path) -> bool:
+        """Share the sealed tree at `entry` (stored once per digest) and `record`."""
+        ...
+
+    async def records(self) -> list[InstalledPlugin]:
+        """Return every shared record, sorted by (plugin id, version)."""
+        ...
+
+    async def fetch(self, record: InstalledPlugin, store: PluginStore) -> Path:
+        """Commit `record`'s tree to `store` only if it matches its digest; return its path."""
+        ...
+
+    async def forget(self, plugin_id: str, version: str) -> None:
+        """Stop sharing (plugin id, version); its tree goes once no record names it."""
+        ...
+
+
 class _Index(msgspec.Struct, forbid_unknown_fields=True):
     format: int = 1
     plugins: list[InstalledPlugin] = msgspec.field(default_factory=list)

@@ -7,7 +7,7 @@ the supervisor decides when.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,10 @@ from protocol.endpoint import Handler
 from .sandboxing import WorkerSandbox
 from .spawn import LaunchRequest, Spawner
 from .worker import PluginWorker, WorkerSpec
+
+
+def _unchanged(text: str) -> str:
+    return text
 
 
 class WorkerLauncher:
@@ -37,10 +41,12 @@ class WorkerLauncher:
         start_timeout_s: float = 10.0,
         host_functions: Mapping[str, Handler] | None = None,
         config_digest: str = "",
+        scrub: Callable[[str], str] | None = None,
     ) -> PluginWorker:
         """Start one confined worker; raise WorkerStartError if it does not come up.
 
         Its scratch directory, uid and cgroup are released when it stops or fails to start.
+        `scrub` masks the activation's secrets in every stderr line the host keeps or re-logs.
         """
         confinement = await self.sandbox.confine(
             plugin_id=plugin_id, tenant_id=tenant_id, bundle_dir=bundle_dir
@@ -59,6 +65,7 @@ class WorkerLauncher:
             limits=limits or Limits(),
             start_timeout_s=start_timeout_s,
             config_digest=config_digest,
+            scrub=scrub or _unchanged,
         )
         return await PluginWorker.start(
             spec, self.spawner, host_functions=host_functions, on_release=confinement.release

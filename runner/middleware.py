@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -29,6 +29,7 @@ from .auth import (
 )
 from .errors import RunnerError
 from .http_errors import classify, error_response
+from .logs import bind_log_context, reset_log_context, set_log_context
 from .ratelimit import AdminRateLimits, RateLimitSettings
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -92,6 +93,11 @@ def install_middlewares(
     app.on_startup.append(_check_routes)
 
 
+def rate_limits_of(app: web.Application) -> AdminRateLimits:
+    """Return the admin API's rate limits (after `install_middlewares`), for metrics."""
+    return app[_AUTH_STATE].limits
+
+
 def request_id_of(request: web.Request) -> str:
     """Return the request's id (after `request_context` ran; else a placeholder)."""
     request_id: str = request.get(REQUEST_ID, "-")
@@ -103,7 +109,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Give the request an id (a sane `X-Request-ID`, else a new one) and log its outcome."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     is_sane = _REQUEST_ID_RE.fullmatch(incoming) is not None
-    request[REQUEST_ID] = incoming if is_sane else uuid.uuid4().hex
+    request[REQUEST_ID] = incoming if is_sane else secrets.token_hex(16)  # uuid4: 4x slower
+    context = set_log_context(request_id=request[REQUEST_ID], tenant=None, plugin=None)
     loop = asyncio.get_running_loop()
     started, status = loop.time(), 500
     try:
@@ -118,6 +125,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         _log_access(request, status, (loop.time() - started) * 1000.0)
+        reset_log_context(context)
 
 
 @web.middleware
@@ -159,6 +167,7 @@ async def authentication(request: web.Request, handler: Handler) -> web.StreamRe
     tenant = await access.tenant.target(request, principal)
     check_tenant(principal, tenant)
     request[TENANT] = tenant
+    bind_log_context(tenant=tenant)
     return await handler(request)
 
 

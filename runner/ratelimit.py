@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import math
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
@@ -169,6 +169,7 @@ class AdminRateLimits:
         self._failures: TokenBucketLimiter[str] = TokenBucketLimiter(
             settings.failed_auth_per_minute, max_entries=settings.max_addresses, clock=clock
         )
+        self.rejections: Counter[str] = Counter()  # "read", "write", "failed_auth": for metrics
 
     def charge_key(self, key_id: str, *, is_write: bool) -> None:
         """Spend one request of the key's read or write budget; raise `RateLimitedError`."""
@@ -176,12 +177,14 @@ class AdminRateLimits:
         wait_s = limiter.take(key_id)
         if wait_s:
             kind = "write" if is_write else "read"
+            self.rejections[kind] += 1
             raise RateLimitedError(f"too many {kind} requests for this key", wait_s)
 
     def check_address(self, address: str | None) -> None:
         """Raise `RateLimitedError` while `address` has spent its failed-authentication budget."""
         wait_s = self._failures.wait_s(address_key(address))
         if wait_s:
+            self.rejections["failed_auth"] += 1
             raise RateLimitedError("too many failed authentication attempts", wait_s)
 
     def record_failure(self, address: str | None) -> None:

@@ -12,8 +12,9 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from aiohttp import web
 
@@ -27,9 +28,11 @@ from .config_store import JsonConfigStore
 from .control import Control
 from .host import Host, HostSettings
 from .key_store import StoreKeyRepository
+from .pg import PgBackend, PgConfigStore, store_url
 from .ratelimit import AdminRateLimits, RateLimitSettings
 from .registry import Registry, load_registry, registry_path_from_env
 from .reload import ReloadReport, reload
+from .webhook_url import client_address
 from .webhooks import WebhookRouter, WebhookSettings
 
 BOOTSTRAP_FILE_NAME: Final = "bootstrap-key"
@@ -48,6 +51,7 @@ class ServiceSettings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    store_url: str | None = None  # CORRAL_STORE: PostgreSQL instead of the JSON store
 
     @property
     def bootstrap_key_path(self) -> Path:
@@ -65,6 +69,7 @@ class ServiceSettings:
             rate_limits=RateLimitSettings.from_env(environ),
             webhooks=WebhookSettings.from_env(environ),
             environ=dict(environ),
+            store_url=store_url(environ),
         )
 
 
@@ -75,13 +80,15 @@ class Service:
         self,
         settings: ServiceSettings,
         audit: AuditLog,
-        store: JsonConfigStore,
+        store: JsonConfigStore | PgConfigStore,
         host: Host,
         keys: ApiKeys,
         registry: Registry,
         bootstrap_key_file: Path | None,
+        pg: PgBackend | None = None,
     ) -> None:
         self.settings = settings
+        self.pg = pg
         self.audit = audit
         self.store = store
         self.host = host
@@ -90,40 +97,69 @@ class Service:
         self.bootstrap_key_file = bootstrap_key_file
         self.control = Control(host, store)
         self.restored = 0
+        webhooks = WebhookRouter(host.supervisor, host.manifests, audit, settings.webhooks)
+        if pg is not None:
+            # One cache for every host. WebhookRouter takes no cache argument yet and types its
+            # own as the memory one; it only calls `claim`, the ReplayCache seam PgReplayCache is.
+            webhooks._replay = pg.replay  # type: ignore[assignment]
         self.app: web.Application = build_app(
             self.control,
             keys,
             registry,
             audit,
             self.readiness,
-            WebhookRouter(host.supervisor, host.manifests, audit, settings.webhooks),
+            webhooks,
             limits=AdminRateLimits(settings.rate_limits),
+            client_address=partial(client_address, settings=settings.webhooks.urls),
             max_body_bytes=settings.max_body_bytes,
         )
 
     @classmethod
     async def start(cls, settings: ServiceSettings) -> Service:
-        """Open everything, restore the activations, and return the service (not yet serving)."""
-        audit = await AuditLog.open(settings.audit)
+        """Open everything, restore the activations, and return the service (not yet serving).
+
+        With `store_url` (CORRAL_STORE) the config, audit chain, replay cache and installed
+        bundles live in PostgreSQL, whose schema must be current (`corral store migrate`).
+        """
+        pg = await PgBackend.connect(settings.store_url) if settings.store_url else None
+        try:
+            return await cls._start(settings, pg)
+        except BaseException:
+            if pg is not None:
+                await pg.close()
+            raise
+
+    @classmethod
+    async def _start(cls, settings: ServiceSettings, pg: PgBackend | None) -> Service:
+        audit = await AuditLog.open(settings.audit, sink=pg.audit_sink if pg else None)
         host_ref: list[Host] = []
 
         def secret_fields(plugin_id: str) -> frozenset[str]:
             return host_ref[0].secret_fields(plugin_id) if host_ref else frozenset()
 
-        store = await JsonConfigStore.open(
-            settings.config, secret_fields=secret_fields, audit=audit
-        )
+        store: JsonConfigStore | PgConfigStore
+        if pg is not None:
+            store = await pg.open_config(settings.config, secret_fields=secret_fields, audit=audit)
+        else:
+            store = await JsonConfigStore.open(
+                settings.config, secret_fields=secret_fields, audit=audit
+            )
         registry = await asyncio.to_thread(load_registry, settings.registry_path)
         features = store.features(await store.peek())
         host_settings = replace(settings.host, remote_install=features.plugin_install)
         host = await Host.start(host_settings, audit=audit)
         host_ref.append(host)
         try:
+            if pg is not None:
+                # Share this host's installs, fetch the others' (they load on a reload).
+                host.installer.shared = pg.bundles
+                await host.installer.sync_shared()
             repository = StoreKeyRepository(store)
             bootstrap = await ensure_bootstrap_key(
                 repository, settings.bootstrap_key_path, environ=settings.environ
             )
-            service = cls(settings, audit, store, host, ApiKeys(repository), registry, bootstrap)
+            keys = ApiKeys(repository)
+            service = cls(settings, audit, store, host, keys, registry, bootstrap, pg)
             service.restored = await service.control.restore()
         except BaseException:
             await host.close()
@@ -139,7 +175,11 @@ class Service:
         failed = [s.record.plugin_id for s in self.host.statuses if not s.is_ok]
         mode = str(self.host.sandbox.settings.mode)
         return [
-            ReadinessCheck(name="config_store", ok=True, detail=str(self.store.path)),
+            ReadinessCheck(
+                name="config_store",
+                ok=True,
+                detail=self.pg.location if self.pg else str(self.store.path),
+            ),
             ReadinessCheck(
                 name="plugins_verified",
                 ok=True,  # refused bundles are not loaded; the others serve
@@ -158,10 +198,16 @@ class Service:
         A part whose new file is invalid keeps its old state; the report says which and why.
         Serialized with API writes; audited as `host.reload`. See `runner.reload`.
         """
+        # reload() calls only `store.reread()`, which PgConfigStore has too.
+        store = cast(JsonConfigStore, self.store)
         return await reload(
-            self.control, self.store, self.registry, self.settings.registry_path, self.audit
+            self.control, store, self.registry, self.settings.registry_path, self.audit
         )
 
     async def close(self) -> None:
-        """Stop every worker and the host."""
-        await self.host.close()
+        """Stop every worker and the host, then close the database pool (if any)."""
+        try:
+            await self.host.close()
+        finally:
+            if self.pg is not None:
+                await self.pg.close()

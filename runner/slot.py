@@ -1,9 +1,10 @@
 """One instance of one activation: keep a worker ready, watch it, replace it, tear it down.
 
 A `Slot` owns a keeper task that starts its worker (with backoff, behind a crash-loop circuit),
-watches it (exit, missed ping, memory, age and call count) and restarts or recycles it. Calls go
-through `Slot.call`, which fails fast while the circuit is open. Which slots exist is the
-supervisor's business.
+watches it (exit, missed ping, memory, age and call count) and restarts or recycles it; with an
+idle time set, it stops a worker no call has used for that long and starts one again on the next
+call (scale to zero). Calls go through `Slot.call`, which fails fast while the circuit is open.
+Which slots exist is the supervisor's business.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
@@ -27,7 +29,10 @@ from .worker import PluginWorker
 _log = logging.getLogger(__name__)
 
 WorkerFactory = Callable[[], Awaitable[PluginWorker]]
+SlotEvent = Callable[[str, str], None]  # ("restart" or "circuit_open", reason): for metrics
 _START_ERRORS: Final = (WorkerStartError, VersionMismatchError, ProtocolError, OSError)
+IDLE_ENV: Final = "CORRAL_WORKER_IDLE_SECONDS"
+_IDLE_TICK_FLOOR_S: Final = 0.01  # never poll for idleness faster than this
 
 
 class WorkerState(StrEnum):
@@ -35,6 +40,7 @@ class WorkerState(StrEnum):
 
     STARTING = "starting"
     READY = "ready"
+    IDLE = "idle"  # stopped after its idle time; the next call starts a worker again
     DRAINING = "draining"
     BACKOFF = "backoff"
     CIRCUIT_OPEN = "circuit_open"
@@ -47,6 +53,7 @@ class _Outcome(StrEnum):
     HUNG = "hung"
     OVER_MEMORY = "over_memory"
     RECYCLE = "recycle"
+    IDLE = "idle"
     REPLACED = "replaced"
     STOPPING = "stopping"
 
@@ -64,6 +71,23 @@ class CircuitOpenError(UnavailableError):
     """The slot crash-looped; calls fail fast until the cool-down ends or an operator resets it."""
 
 
+def idle_seconds_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """Read `CORRAL_WORKER_IDLE_SECONDS` (unset, empty or 0: never stop an idle worker).
+
+    Raises ValueError for anything but a finite number of seconds >= 0.
+    """
+    text = environ.get(IDLE_ENV, "").strip()
+    if not text:
+        return 0.0
+    try:
+        idle_s = float(text)
+    except ValueError:
+        raise ValueError(f"{IDLE_ENV} must be a number of seconds, not {text!r}") from None
+    if not 0.0 <= idle_s < float("inf"):
+        raise ValueError(f"{IDLE_ENV} must be >= 0 and finite, not {text!r}")
+    return idle_s
+
+
 @dataclass(frozen=True, slots=True)
 class WatchSettings:
     """How a running worker is watched and when it is replaced."""
@@ -78,6 +102,9 @@ class WatchSettings:
     memory_hard_bytes: int | None = None  # over: kill
     max_calls: int | None = None  # recycle after this many calls
     max_age_s: float | None = None  # recycle after this long
+    # Stop a worker no call has used for this long (0: never); the next call starts one again.
+    # Read from the environment when not given, so the host's default settings honour it.
+    idle_s: float = field(default_factory=idle_seconds_from_env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +136,10 @@ class Slot:
         restart: RestartSettings,
         scrub: Callable[[str], str] = lambda text: text,
         name: str = "slot",
+        on_event: SlotEvent | None = None,
     ) -> None:
         self.instance = instance
+        self._on_event = on_event
         self.name = name
         self._factory = factory
         self._watch_settings = watch
@@ -123,6 +152,8 @@ class Slot:
         self._wake = asyncio.Event()
         self._suspect = False
         self._stopping = False
+        self._parked = False  # idle: no worker until a call asks for one
+        self._last_active = self._loop.time()  # the last call's start or end (pings do not count)
         self._delay_until = 0.0
         self._ready_since: float | None = None
         self._last_exit: int | None = None
@@ -173,12 +204,15 @@ class Slot:
         worker = await self._ready_worker()
         if check is not None:
             check(worker)
+        self._last_active = self._loop.time()
         try:
             return await worker.call(method, params, timeout_s=timeout_s, result_type=result_type)
         except CallTimeoutError:
             self._suspect = True
             self._wake.set()
             raise
+        finally:
+            self._last_active = self._loop.time()
 
     async def replace(self, factory: WorkerFactory) -> None:
         """Start a worker from `factory`, switch calls to it, then drain and stop the old one.
@@ -254,6 +288,9 @@ class Slot:
 
     async def _keep(self) -> None:
         while not self._stopping:
+            if self._current is None and self._parked:
+                await self._wait_for_demand()
+                continue
             if self._current is None:
                 worker = await self._start_until_ready()
                 if worker is not None:
@@ -266,6 +303,9 @@ class Slot:
                 continue
             if outcome is _Outcome.RECYCLE:
                 await self._recycle()
+                continue
+            if outcome is _Outcome.IDLE:
+                self._park(current)
                 continue
             await self._lose(current, outcome)
 
@@ -292,7 +332,7 @@ class Slot:
                 if isinstance(exc, WorkerStartError):
                     self._last_tail = exc.stderr_tail
                 _log.warning("%s: start failed: %s", self.name, exc)
-                self._fail(self._loop.time(), ready_since=None, probing=probing)
+                self._fail(self._loop.time(), "start_failed", ready_since=None, probing=probing)
                 continue
             if probing:
                 self._policy.reset()
@@ -308,19 +348,29 @@ class Slot:
             async with asyncio.timeout(delay_s):
                 await self._wake.wait()
 
-    def _fail(self, now: float, *, ready_since: float | None, probing: bool = False) -> None:
+    def _fail(
+        self, now: float, reason: str, *, ready_since: float | None, probing: bool = False
+    ) -> None:
+        self._note("restart", reason)
         if probing:
             self._policy.probe_failed(now)
+            self._note("circuit_open", "probe_failed")
             return
         delay = self._policy.record_failure(now, ready_since)
         self._delay_until = now + delay
         if self._policy.is_open(now):
             _log.error("%s: crash loop, circuit open for %.0f s", self.name, delay)
+            self._note("circuit_open", "crash_loop")
+
+    def _note(self, kind: str, reason: str) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, reason)
 
     def _swap(self, worker: PluginWorker) -> None:
         old = self._current
         self._current = worker
-        self._ready_since = self._loop.time()
+        self._ready_since = self._last_active = self._loop.time()
+        self._parked = False  # a switch-in (reconfigure) wakes an idle slot
         self._state = WorkerState.READY
         self._ready.set()
         self._wake.set()
@@ -336,7 +386,7 @@ class Slot:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(tick):
+                    async with asyncio.timeout(self._next_tick_s(worker, tick)):
                         await self._wake.wait()
                 self._wake.clear()
                 if self._stopping:
@@ -346,6 +396,8 @@ class Slot:
                 if closed.done() or not worker.is_alive:
                     return _Outcome.EXITED
                 now = self._loop.time()
+                if self._is_idle(worker, now):
+                    return _Outcome.IDLE
                 if self._suspect or (worker.inflight == 0 and now - last_ping >= s.ping_interval_s):
                     self._suspect = False
                     last_ping = now
@@ -362,6 +414,39 @@ class Slot:
                     return _Outcome.RECYCLE
         finally:
             closed.cancel()
+
+    def _is_idle(self, worker: PluginWorker, now: float) -> bool:
+        """Whether `worker` has had no call in flight and none for the idle time."""
+        idle_s = self._watch_settings.idle_s
+        return idle_s > 0 and worker.inflight == 0 and now - self._last_active >= idle_s
+
+    def _next_tick_s(self, worker: PluginWorker, tick_s: float) -> float:
+        """How long the watch may sleep: its tick, or less when the idle time ends sooner."""
+        idle_s = self._watch_settings.idle_s
+        if idle_s <= 0 or worker.inflight:
+            return tick_s  # a call in flight keeps it busy; the tick after its end looks again
+        left_s = self._last_active + idle_s - self._loop.time()
+        return min(tick_s, max(_IDLE_TICK_FLOOR_S, left_s))
+
+    def _park(self, worker: PluginWorker) -> None:
+        """Stop an idle worker (not a failure: no restart is counted) until a call wants one.
+
+        Calls see no worker from here on and wake the keeper; the old one stops in the
+        background (it has nothing in flight, so it stops at once).
+        """
+        self._current = None
+        self._ready.clear()
+        self._parked = True
+        self._state = WorkerState.IDLE
+        self._last_tail = list(worker.stderr_tail)
+        _log.info("%s: pid %d idle; stopped until the next call", self.name, worker.pid)
+        self._drain_later(worker)
+
+    async def _wait_for_demand(self) -> None:
+        """Sleep while parked: a call, a switch-in or a stop ends it."""
+        while self._parked and not self._stopping:
+            self._wake.clear()
+            await self._wake.wait()
 
     async def _answers_ping(self, worker: PluginWorker) -> bool:
         try:
@@ -395,8 +480,10 @@ class Slot:
             # The old worker keeps serving; try again after a backoff delay.
             self._last_error = f"recycle failed: {exc}"
             _log.warning("%s: %s", self.name, self._last_error)
-            self._fail(self._loop.time(), ready_since=self._ready_since)
+            self._fail(self._loop.time(), "recycle_failed", ready_since=self._ready_since)
             await self._sleep(max(0.0, self._delay_until - self._loop.time()))
+        else:
+            self._note("restart", "recycle")
 
     async def _lose(self, worker: PluginWorker, outcome: _Outcome) -> None:
         """The worker crashed, hung or blew its memory: kill, reap, record, back off."""
@@ -410,7 +497,7 @@ class Slot:
         self._last_exit = status
         self._last_error = f"worker {outcome} (exit status {status})"
         _log.warning("%s: pid %d %s, exit status %s", self.name, worker.pid, outcome, status)
-        self._fail(self._loop.time(), ready_since=self._ready_since)
+        self._fail(self._loop.time(), str(outcome), ready_since=self._ready_since)
 
     # -- draining -----------------------------------------------------------------------------
 
@@ -440,7 +527,13 @@ class Slot:
         worker = self._current
         if worker is not None and worker.is_alive:
             return worker
-        if self._state is WorkerState.BACKOFF:
+        if self._parked:  # the first call after an idle stop: one start, shared by every caller
+            self._parked = False
+            self._state = WorkerState.STARTING
+            self._wake.set()
+        # Still READY here means its worker was just lost: the restart may first wait out a
+        # backoff longer than the caller's deadline, so answer now (502/503, not a timeout).
+        if self._state in (WorkerState.BACKOFF, WorkerState.READY):
             raise UnavailableError("the worker is restarting", max(0.0, self._delay_until - now))
         if await self.wait_ready(self._watch_settings.start_wait_s):
             worker = self._current

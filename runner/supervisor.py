@@ -9,6 +9,8 @@ install's business; how a worker is confined is the launcher's.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import hashlib
 import itertools
 import json
@@ -22,9 +24,10 @@ from typing import Any, Final
 from protocol import Manifest
 
 from .errors import RunnerError
+from .logs import log_context
 from .restart_policy import RestartSettings
 from .slot import Slot, SlotStatus, WatchSettings
-from .worker import PluginWorker
+from .worker import CallObserver, PluginWorker
 
 GLOBAL: Final = "global"
 _log = logging.getLogger(__name__)
@@ -132,12 +135,24 @@ class Supervisor:
         self._activations: dict[ActivationKey, _Activation] = {}
         self._order = itertools.count()
         self._lock = asyncio.Lock()
+        # Read by metrics at scrape time; they outlive activations, as counters must.
+        self.restarts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.circuit_openings: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.call_observer: CallObserver | None = None  # times every call of workers started later
 
     def _factory(self, spec: ActivationSpec) -> Callable[[], Awaitable[PluginWorker]]:
         async def start() -> PluginWorker:
-            return await self._start_worker(spec)
+            worker = await self._start_worker(spec)
+            worker.observe_call = self.call_observer
+            return worker
 
         return start
+
+    def _slot_event(self, plugin_id: str, kind: str, reason: str) -> None:
+        if kind == "circuit_open":
+            self.circuit_openings[(plugin_id, reason)] += 1
+        else:
+            self.restarts[(plugin_id, reason)] += 1
 
     async def activate(self, spec: ActivationSpec, *, wait_s: float = 0.0) -> bool:
         """Start supervising `spec`; wait up to `wait_s` for every slot to be ready.
@@ -158,12 +173,15 @@ class Supervisor:
                     restart=self._restart,
                     scrub=spec.scrub,
                     name=f"{spec.plugin_id}@{spec.tenant_id}#{i}",
+                    on_event=functools.partial(self._slot_event, spec.plugin_id),
                 )
                 for i in range(spec.instances)
             ]
             self._activations[spec.key] = _Activation(spec, slots, next(self._order))
-            for slot in slots:
-                slot.start()
+            # The keepers log as the activation's, not as the request that started them.
+            with log_context(request_id=None, tenant=spec.tenant_id, plugin=spec.plugin_id):
+                for slot in slots:
+                    slot.start()
         if wait_s <= 0:
             return False
         ready = await asyncio.gather(*(slot.wait_ready(wait_s) for slot in slots))
@@ -175,6 +193,8 @@ class Supervisor:
         New workers are started first, for every slot; only when all answered their handshake are
         calls switched to them, and the old ones drained and stopped. If any fails to start, the
         ones started are stopped, the old workers keep serving, and the start error is raised.
+        A slot stopped for idleness gets its new worker too (so the config is proven to start);
+        it stops again after the idle time.
         """
         activation = self._get(spec.key)
         factory = self._factory(spec)
@@ -291,6 +311,7 @@ class Supervisor:
         for slot in activation.slots:
             if instance is None or slot.instance == instance:
                 await slot.replace(factory)
+                self.restarts[(key.plugin_id, "operator")] += 1
 
     def _get(self, key: ActivationKey) -> _Activation:
         activation = self._activations.get(key)

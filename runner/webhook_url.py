@@ -150,15 +150,62 @@ def _last_value(headers: Mapping[str, str], name: str) -> str | None:
     return values[-1] if values and values[-1] else None
 
 
+def client_address(request: web.Request, settings: WebhookUrlSettings) -> str | None:
+    """Return the client's address: the TCP peer's, or behind trusted proxies the forwarded one.
+
+    From a trusted peer, the forwarding chain (`X-Forwarded-For`, or `Forwarded: for=` with
+    `CORRAL_PROXY_HEADERS=forwarded`) is read from the nearest hop back, skipping trusted
+    proxies; the first other valid address is the client. Anything unparseable means the peer.
+    Used for the failed-authentication budget and the address handed to webhook handlers.
+    """
+    peer = request.remote
+    if not settings.is_trusted(peer):
+        return peer
+    if settings.proxy_headers == "forwarded":
+        hops = [element.get("for", "") for element in _forwarded_elements(request.headers)]
+    else:
+        hops = [
+            value.strip()
+            for line in header_values(request.headers, "X-Forwarded-For")
+            for value in line.split(",")
+        ]
+    for hop in reversed(hops):
+        address = _hop_address(hop)
+        if address is None:
+            return peer
+        if not settings.is_trusted(address):
+            return address
+    return peer
+
+
+def _hop_address(hop: str) -> str | None:
+    """Return the IP address of one forwarding hop (`1.2.3.4`, `1.2.3.4:80`, `[::1]:80`)."""
+    text = hop.strip()
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
 def _last_forwarded(headers: Mapping[str, str]) -> dict[str, str]:
     """Return the pairs of the last element of `Forwarded` (RFC 7239), names lower-cased."""
+    elements = _forwarded_elements(headers)
+    return elements[-1] if elements else {}
+
+
+def _forwarded_elements(headers: Mapping[str, str]) -> list[dict[str, str]]:
+    """Return every element of `Forwarded` (RFC 7239), names lower-cased; [] if unparseable."""
     text = ",".join(header_values(headers, "Forwarded"))
     elements: list[dict[str, str]] = [{}]
     position = 0
     while position < len(text):
         match = _FORWARDED_PAIR.match(text, position)
         if match is None:  # unparseable: trust none of it
-            return {}
+            return []
         name, value = match.group(1).lower(), match.group(2)
         if value.startswith('"'):
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
@@ -169,6 +216,6 @@ def _last_forwarded(headers: Mapping[str, str]) -> dict[str, str]:
             if separator == ",":
                 elements.append({})
             elif separator != ";":
-                return {}
+                return []
             position += 1
-    return elements[-1]
+    return elements

@@ -29,11 +29,13 @@ from .api_common import TENANT_RE
 from .audit import AuditLog
 from .http_errors import ApiError
 from .install_remote import profile_from_env
-from .middleware import request_id_of
+from .logs import bind_log_context
+from .middleware import TENANT, request_id_of
 from .openapi import documented
 from .ratelimit import RouteTenantLimiter
 from .slot import UnavailableError
 from .supervisor import ActivationKey, ActivationSpec, Supervisor
+from .webhook_url import client_address
 from .webhook_verify import (
     MemoryReplayCache,
     RoutePolicyError,
@@ -110,9 +112,12 @@ class WebhookRouter:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one webhook request (see the module docstring for every outcome)."""
-        started = time.monotonic()
         target = self._resolve(request)
         spec, route = target.spec, target.route
+        # The access line (`runner.middleware`) is this request's one log line: it names the
+        # method, path (slug, tenant, route), status and duration; the tenant and plugin go with it.
+        request[TENANT] = spec.tenant_id
+        bind_log_context(tenant=spec.tenant_id, plugin=spec.plugin_id)
         if request.method not in route.methods:
             raise ApiError(
                 405,
@@ -121,33 +126,23 @@ class WebhookRouter:
                 headers={"Allow": ", ".join(route.methods)},
             )
         self._limiter.charge(f"{spec.plugin_id}/{route.route_id}", spec.tenant_id)
-        body = await _read_bounded(request, route.max_body_bytes)
+        body = await _read_bounded(request, route.max_body_bytes, route.timeout_seconds)
         verified = await self._verify(request, target, body)
         forwarded = WebhookRequest(
             route_id=route.route_id,
             method=request.method,
             path=request.match_info["rest"] or "/",
-            query=list(request.query.items()),
+            query=list(request.query.items()) if request.query_string else [],
             headers={
-                k.lower(): v
+                name: v
                 for k, v in request.headers.items()
-                if k.lower() not in _DROPPED_REQUEST_HEADERS
+                if (name := k.lower()) not in _DROPPED_REQUEST_HEADERS
             },
             body=body,
-            client_address=request.remote,
+            client_address=client_address(request, self.settings.urls),
             verified=verified,
         )
-        answer = await self._forward(spec, route, forwarded)
-        _log.info(
-            "webhook %s %s/%s for %s answered %d in %.1f ms",
-            request.method,
-            spec.plugin_id,
-            route.route_id,
-            spec.tenant_id,
-            answer.status,
-            (time.monotonic() - started) * 1000.0,
-        )
-        return answer
+        return await self._forward(spec, route, forwarded)
 
     def _resolve(self, request: web.Request) -> _Target:
         slug, tenant = request.match_info["slug"], request.match_info["tenant_id"]
@@ -270,18 +265,27 @@ def _match_route(manifest: Manifest, rest: str) -> WebhookRoute | None:
     return None
 
 
-async def _read_bounded(request: web.Request, limit: int) -> bytes:
-    """Read the body, refusing (413) before reading when `Content-Length` says it is too big."""
+async def _read_bounded(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """Read the body, refusing (413) before reading when `Content-Length` says it is too big.
+
+    A body not whole within `timeout_s` is refused (408): a slow sender holds nothing for long.
+    """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise ApiError(413, "payload_too_large", f"this webhook takes at most {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"this webhook takes at most {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(
+                        413, "payload_too_large", f"this webhook takes at most {limit} bytes"
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", "the body did not arrive in time") from None
     return b"".join(chunks)
 
 
@@ -294,7 +298,7 @@ WEBHOOK_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE")
 @documented(
     "A provider's callback, routed to that tenant's worker",
     responses={200: None, 204: None},
-    errors=[401, 403, 404, 405, 413, 429, 502, 503, 504],
+    errors=[401, 403, 404, 405, 408, 413, 429, 502, 503, 504],
     tag="webhooks",
     description="`slug` is the plugin's manifest slug (or its id), `tenant_id` a tenant or "
     "`global`, and the rest of the path matches one of the plugin's `[[webhook]]` paths. The "

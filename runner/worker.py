@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -36,9 +37,11 @@ from protocol import (
 from protocol.endpoint import Handler
 
 from .errors import WorkerStartError
+from .logs import log_context
 from .spawn import LaunchRequest, OwnChild, SpawnedWorker, Spawner, WorkerProcess
 
 _log = logging.getLogger(__name__)
+CallObserver = Callable[[str, str, float], None]  # (plugin id, method, seconds) after each call
 
 STDERR_LINE_BYTES: Final = 8192
 STDERR_TAIL_LINES: Final = 20
@@ -68,6 +71,9 @@ class WorkerSpec:
     limits: Limits = field(default_factory=Limits)
     start_timeout_s: float = 10.0
     config_digest: str = ""
+    # Masks secret config values in stderr lines before they are kept or re-logged: a plugin
+    # that logs its own API token must not put it in the host's log.
+    scrub: Callable[[str], str] = field(default=lambda text: text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,7 @@ class PluginWorker:
         self.inflight = 0
         self.calls = 0
         self.started_at = asyncio.get_running_loop().time()
+        self.observe_call: CallObserver | None = None  # metrics: set by the supervisor
         self._idle = asyncio.Event()
         self._idle.set()
         self._relay = asyncio.get_running_loop().create_task(
@@ -139,8 +146,13 @@ class PluginWorker:
         functions.update(host_functions or {})
         for method, handler in functions.items():
             endpoint.register(method, handler)
-        worker = cls(spec, spawned, endpoint, on_release)
-        endpoint.start()
+        # The stderr relay and the endpoint's tasks log as this worker, not as whoever started it.
+        pid = spawned.process.pid
+        with log_context(
+            request_id=None, tenant=spec.tenant_id, plugin=spec.plugin_id, worker_pid=pid
+        ):
+            worker = cls(spec, spawned, endpoint, on_release)
+            endpoint.start()
         try:
             worker.info = await worker._handshake()
         except BaseException:
@@ -220,6 +232,7 @@ class PluginWorker:
         self.calls += 1
         if self.inflight == 1:
             self._idle.clear()
+        started = time.perf_counter()
         try:
             return await self._endpoint.request(
                 method, params, timeout_s=timeout_s, result_type=result_type
@@ -228,6 +241,8 @@ class PluginWorker:
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
+            if self.observe_call is not None:
+                self.observe_call(self.spec.plugin_id, method, time.perf_counter() - started)
 
     async def wait_idle(self) -> None:
         """Wait until no call is in flight (bound it with `asyncio.timeout`)."""
@@ -340,7 +355,7 @@ class PluginWorker:
                 raw = exc.partial
             except asyncio.LimitOverrunError as exc:
                 raw = await stderr.read(max(exc.consumed, 1))
-            line = raw[:STDERR_LINE_BYTES].decode("utf-8", "replace").rstrip()
+            line = self.spec.scrub(raw[:STDERR_LINE_BYTES].decode("utf-8", "replace").rstrip())
             if line:
                 budget -= 1
                 self.stderr_tail.append(line)

@@ -32,6 +32,8 @@ PHAXIO = "dev.corral.phaxio-fax"
 DEMO = "dev.corral.test.demo"
 HOOKS = "dev.corral.test.hooks"
 HOOKS_FIXTURE = REPO / "tests" / "fixtures" / "plugins" / "hooks"
+NOISY = "dev.corral.test.noisy"
+NOISY_FIXTURE = REPO / "tests" / "fixtures" / "plugins" / "noisy"
 GENEROUS = RateLimitSettings(
     reads_per_minute=100_000, writes_per_minute=100_000, failed_auth_per_minute=100_000
 )
@@ -150,16 +152,20 @@ async def running_api(
         shutil.copytree(
             HOOKS_FIXTURE, bundles / "hooks", ignore=shutil.ignore_patterns("__pycache__")
         )
+        shutil.copytree(
+            NOISY_FIXTURE, bundles / "noisy", ignore=shutil.ignore_patterns("__pycache__")
+        )
         trusted = {
             REPO / "plugins" / "twilio_sms": checksum_of(REPO / "plugins" / "twilio_sms"),
             REPO / "plugins" / "phaxio_fax": checksum_of(REPO / "plugins" / "phaxio_fax"),
             bundles / "demo": checksum_of(bundles / "demo"),
             bundles / "demo.zip": checksum_of(bundles / "demo.zip"),
             bundles / "hooks": checksum_of(bundles / "hooks"),
+            bundles / "noisy": checksum_of(bundles / "noisy"),
         }
         (state / "checksums.txt").write_text(_checksums(trusted))
         allowlist = (REPO / "allowlist.toml").read_text()
-        for plugin_id in (DEMO, HOOKS):
+        for plugin_id in (DEMO, HOOKS, NOISY):
             allowlist += f'\n[[plugin]]\nid = "{plugin_id}"\nversions = ">=1.0.0"\n'
         (state / "allowlist.toml").write_text(allowlist)
     env = {

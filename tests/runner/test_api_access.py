@@ -62,6 +62,7 @@ ROUTES = [
     Route("DELETE", "/api/v1/admin/plugins/{id}", frozenset({WRITE}), "operator"),
     Route("POST", "/api/v1/admin/plugins/{id}/activate", frozenset({WRITE}), "body", {}),
     Route("POST", "/api/v1/admin/plugins/{id}/deactivate", frozenset({WRITE}), "body", {}),
+    Route("GET", "/metrics", frozenset({READ}), "operator"),
     Route("GET", "/api/v1/workers", frozenset({READ}), "operator"),
     Route("POST", "/api/v1/workers/{worker_id}/restart", frozenset({WRITE}), "operator"),
     Route("POST", "/api/v1/workers/{worker_id}/reset-circuit", frozenset({WRITE}), "operator"),

@@ -88,16 +88,16 @@ def test_a_refused_remote_install_says_why(
     assert json.loads(capsys.readouterr().out)["refused"]["reason"] == "remote_install_forbidden"
 
 
-def test_an_invalid_policy_file_exits_3(
+def test_an_invalid_policy_file_exits_2(
     policy: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle, options = policy
     (tmp_path / "allowlist.toml").write_text("[[plugin]]\nname = 'x'\n")
-    assert main(["plugins", "install", str(bundle), *options]) == 3
+    assert main(["plugins", "install", str(bundle), *options]) == 2
     assert "$.plugin[0]" in capsys.readouterr().err
     (tmp_path / "allowlist.toml").write_text(f'[[plugin]]\nid = "{PLUGIN_ID}"\n')
     (tmp_path / "checksums.txt").write_text("nonsense\n")
-    assert main(["plugins", "install", str(bundle), "--json", *options]) == 3
+    assert main(["plugins", "install", str(bundle), "--json", *options]) == 2
     assert ":1:" in json.loads(capsys.readouterr().out)["message"]
 
 
