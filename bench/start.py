@@ -40,7 +40,7 @@ from sandbox.scratch import create_scratch  # noqa: E402
 FIXTURES: Final = ROOT / "tests" / "sandbox" / "fixtures"
 ENTRY: Final = "forkserver_ready"  # imports asyncio, msgspec and plugins.sdk.worker; writes "!"
 SDK_WORKER: Final = "plugins.sdk.worker"
-BENCH_UID: Final = 63000  # apart from the host's pool (61000-) and the tests' (62000-)
+BENCH_UID: Final = 63000  # apart from the host's pool (200000-) and the tests' (62000-)
 TIMEOUT_S: Final = 30.0
 MIB: Final = 1024 * 1024
 

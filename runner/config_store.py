@@ -164,7 +164,7 @@ class JsonConfigStore:
         If the file was damaged behind the store's back, the last good version is returned and
         the damage logged at error level (writes refuse until a restart rolls back).
         """
-        return (await asyncio.to_thread(self._load)).copy()
+        return await asyncio.to_thread(lambda: self._load().copy())
 
     async def update(
         self,
@@ -181,9 +181,12 @@ class JsonConfigStore:
         does not validate, ConfigWriteError when the disk refuses (the old document stays). If
         the caller is cancelled, the write may still complete.
         """
+        # The copy (a deep copy of the whole document) is made in the thread too: with
+        # thousands of tenants it takes long enough to stall the loop.
         async with self._lock:
-            snapshot = await asyncio.to_thread(self._update, mutator, expected_etag, subtree)
-        return snapshot.copy()
+            return await asyncio.to_thread(
+                lambda: self._update(mutator, expected_etag, subtree).copy()
+            )
 
     async def reread(self) -> ConfigSnapshot:
         """Read the document from disk afresh (edited by hand, or restored) and return it.
@@ -196,8 +199,7 @@ class JsonConfigStore:
         in plaintext are encrypted, in the backups too, as at start-up.
         """
         async with self._lock:
-            snapshot = await asyncio.to_thread(self._reread)
-        return snapshot.copy()
+            return await asyncio.to_thread(lambda: self._reread().copy())
 
     async def peek(self) -> ConfigSnapshot:
         """Return the current document without copying it: callers must not change it.

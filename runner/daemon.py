@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -98,9 +99,27 @@ class SignalQueue:
             self._loop.remove_signal_handler(signum)
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit and return it.
+
+    Each live worker holds 4 descriptors in the host and 1 in the fork-server (which inherits
+    the limit): the common soft default of 1,024 would stop at ~250 workers.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            _log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    return soft
+
+
 async def run(settings: DaemonSettings, environ: Mapping[str, str], notifier: Notifier) -> int:
     """Serve until stopped; return the exit status (0 after a graceful stop)."""
     signals = SignalQueue()
+    raise_fd_limit()
     try:
         context = None
         if settings.tls_cert is not None and settings.tls_key is not None:

@@ -39,6 +39,7 @@ from sandbox import (
     required_layers_missing,
 )
 from sandbox.cgroups import CgroupSupport
+from sandbox.uids import DEFAULT_FIRST_UID, DEFAULT_LAST_UID
 
 from .digest import tree_digest
 from .errors import RunnerError
@@ -73,8 +74,8 @@ class SandboxSettings:
     state_dir: Path
     mode: Mode = Mode.STRICT
     limits: ResourceLimits = field(default_factory=ResourceLimits)
-    first_uid: int = 61000
-    last_uid: int = 61999
+    first_uid: int = DEFAULT_FIRST_UID
+    last_uid: int = DEFAULT_LAST_UID
     drop_uid: bool = True  # only meaningful when the host runs as root
     cgroups: bool = True
     # Bundles under this root (the verified, read-only store) are run in place, not copied.

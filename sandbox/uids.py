@@ -10,8 +10,11 @@ from typing import Final
 
 from .errors import UidPoolExhaustedError
 
-DEFAULT_FIRST_UID: Final = 61000
-DEFAULT_LAST_UID: Final = 61999
+# 100,000 uids in 65536-524287, a range systemd leaves unallocated (its DynamicUser= range is
+# 61184-65519, container ranges start at 524288): no worker shares a uid with a service, and
+# 1,000 live workers still leave room for every drain-and-switch and recycle.
+DEFAULT_FIRST_UID: Final = 200_000
+DEFAULT_LAST_UID: Final = 299_999
 
 
 class UidPool:

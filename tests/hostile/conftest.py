@@ -41,7 +41,7 @@ CALL_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 2.0
 REAP_TIMEOUT_S = 3.0
-# Apart from the default pool (61000-61999), which hosts other people run here may use.
+# Apart from the default pool (200000-299999), which hosts other people run here may use.
 MODULE_UIDS = (63000, 63499)
 EXTRA_UIDS = (63500, 63999)  # for a second sandbox alive next to a module's host
 

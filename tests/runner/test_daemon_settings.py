@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +175,20 @@ def test_every_corral_variable_the_code_reads_is_a_documented_setting() -> None:
     assert sorted(read - known) == [], "add them to runner/daemon_settings.py and regenerate"
     docs = (REPO / "docs" / "configuration.md").read_text()
     assert [name for name in sorted(read) if f"`{name}`" not in docs] == []
+
+
+def test_the_daemon_raises_its_open_file_limit_to_the_hard_limit() -> None:
+    # Each live worker costs the host 4 descriptors: a soft limit of 256 would stop at ~60.
+    script = (
+        "import resource; "
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
+        "from runner.daemon import raise_fd_limit; "
+        "print(raise_fd_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    returned, soft, hard = (int(value) for value in out)
+    assert returned == soft > 256
+    assert soft == hard or hard == resource.RLIM_INFINITY
