@@ -151,8 +151,8 @@ async def open_state(environ: Mapping[str, str], *, writes: bool) -> CliState:
     as `corral serve` would at its first start.
     """
     try:
-        settings = ConfigSettings.from_env(environ)
         state_dir = default_state_dir(environ)
+        settings = ConfigSettings.from_env(environ, state_dir=state_dir)
         if not writes and not await asyncio.to_thread(_document_exists, settings.path):
             raise CliStateError(
                 f"no config document at {settings.path}: point --config (or CORRAL_CONFIG_PATH) "

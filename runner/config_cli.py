@@ -125,8 +125,9 @@ def _print_report(report: AuditReport) -> None:
 async def _rotate_key(args: argparse.Namespace) -> int:
     try:
         environ = settings_environ(args)
-        settings = ConfigSettings.from_env(environ)
-        audit_settings = AuditSettings.from_env(default_state_dir(environ), environ)
+        state_dir = default_state_dir(environ)
+        settings = ConfigSettings.from_env(environ, state_dir=state_dir)
+        audit_settings = AuditSettings.from_env(state_dir, environ)
     except (ConfigError, AuditError, CliStateError) as exc:
         return fail("unusable", str(exc), args.json, status=EXIT_UNUSABLE)
     try:

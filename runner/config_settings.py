@@ -2,7 +2,7 @@
 
 | corral name | alias | meaning |
 |---|---|---|
-| `CORRAL_CONFIG_PATH` | `FAXBOT_CONFIG_PATH` | the document (default `config/corral.config.json`) |
+| `CORRAL_CONFIG_PATH` | `FAXBOT_CONFIG_PATH` | the document (`<state dir>/config/...json`) |
 | `CORRAL_FEATURE_V3_PLUGINS` | `FEATURE_V3_PLUGINS` | overrides `features.v3_plugins` |
 | `CORRAL_PLUGIN_INSTALL` | `FEATURE_PLUGIN_INSTALL` | overrides `features.plugin_install` |
 
@@ -73,16 +73,24 @@ class ConfigSettings:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] = os.environ, cwd: Path | None = None
+        cls,
+        environ: Mapping[str, str] = os.environ,
+        cwd: Path | None = None,
+        *,
+        state_dir: Path | None = None,
     ) -> ConfigSettings:
         """Read the settings; relative paths are taken from `cwd` (default: the working dir).
+
+        Without `CORRAL_CONFIG_PATH` the document is `<state_dir>/config/corral.config.json`
+        (the daemon and the CLI then find the same one from any directory), or
+        `config/corral.config.json` below `cwd` when no state directory is given.
 
         Raises ConfigSettingsError on a value that cannot be used, e.g. `FEATURE_V3_PLUGINS=maybe`.
         """
         base = cwd or Path.cwd()
         path = base / (_named(environ, "CORRAL_CONFIG_PATH", "FAXBOT_CONFIG_PATH") or "")
         if path == base:
-            path = base / DEFAULT_CONFIG_PATH
+            path = (state_dir if state_dir is not None else base) / DEFAULT_CONFIG_PATH
         key_file = environ.get("CORRAL_SECRET_KEY_FILE", "").strip()
         backups_text = environ.get("CORRAL_CONFIG_BACKUPS", "").strip() or str(DEFAULT_BACKUPS)
         if not backups_text.isdigit() or not 0 <= int(backups_text) <= MAX_BACKUPS:

@@ -112,8 +112,8 @@ class DaemonSettings(BaseModel):
     )
     # Config store, keys and audit trail
     config_path: Path | None = _text(
-        "the config document (default `config/corral.config.json`, relative to the working "
-        "directory; alias `FAXBOT_CONFIG_PATH`)"
+        "the config document (default `<state dir>/config/corral.config.json`; a relative path "
+        "is taken from the working directory; alias `FAXBOT_CONFIG_PATH`)"
     )
     config_backups: int = _text("backup generations kept", default=5, ge=0, le=100)
     secret_key_file: Path | None = _text(

@@ -63,7 +63,7 @@ class ServiceSettings:
         """Read every `CORRAL_*` setting (and the Faxbot aliases) from `environ`."""
         return cls(
             host=HostSettings.from_env(state_dir, environ),
-            config=ConfigSettings.from_env(environ),
+            config=ConfigSettings.from_env(environ, state_dir=state_dir),
             audit=AuditSettings.from_env(state_dir, environ),
             registry_path=registry_path_from_env(environ),
             rate_limits=RateLimitSettings.from_env(environ),
