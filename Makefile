@@ -32,7 +32,14 @@ chromium:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update && apt-get install -y chromium chromium-driver)
 
-pytest: $(STAMP) chromium
+# Debian's PostgreSQL server binaries, for the store tests (tests/pg/ start a throw-away cluster);
+# installed (apt-get, as root) only when neither PATH nor /usr/lib/postgresql/*/bin has pg_ctl.
+.PHONY: postgresql
+postgresql:
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+		(apt-get update && apt-get install -y postgresql)
+
+pytest: $(STAMP) chromium postgresql
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest

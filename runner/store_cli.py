@@ -94,7 +94,7 @@ async def _migrate(args: argparse.Namespace, url: str) -> int:
     finally:
         await conn.close()
     if args.json:
-        print_json({"database": redact(url), "applied": applied, **found.to_json()})
+        print_json({"database": redact(url), **found.to_json(), "applied_now": applied})
     elif applied:
         numbers = ", ".join(str(v) for v in applied)
         print(f"{redact(url)}: applied migration(s) {numbers}; schema version {found.current}")

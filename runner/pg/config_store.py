@@ -144,7 +144,8 @@ class PgConfigStore:
 
     async def load(self) -> ConfigSnapshot:
         """Return the current document (a copy the caller may change)."""
-        return (await self.peek()).copy()
+        snapshot = await self.peek()
+        return await asyncio.to_thread(snapshot.copy)  # a deep copy: off the loop
 
     async def peek(self) -> ConfigSnapshot:
         """Return the current document without copying it: callers must not change it.
@@ -194,7 +195,7 @@ class PgConfigStore:
         await asyncio.to_thread(self._box.refresh)
         snapshot = await self.refresh()
         await asyncio.to_thread(check_document, snapshot.document, self._box)
-        return snapshot.copy()
+        return await asyncio.to_thread(snapshot.copy)
 
     async def update(
         self,
@@ -227,7 +228,7 @@ class PgConfigStore:
 
         version, snapshot = await self._transaction(write)
         self._cache = (version, snapshot)
-        return snapshot.copy()
+        return await asyncio.to_thread(snapshot.copy)
 
     async def plugin_config(self, tenant_id: str, plugin_id: str) -> dict[str, JsonValue]:
         """Return the plugin's settings for the tenant, decrypted: for its workers, never an API.
@@ -268,7 +269,7 @@ class PgConfigStore:
         new_version, snapshot = await self._transaction(write)
         self._cache = (new_version, snapshot)
         await self._record("config.rollback", "success", {"restored_from": f"version {version}"})
-        return snapshot.copy()
+        return await asyncio.to_thread(snapshot.copy)
 
     async def rotate_secret_key(self) -> KeyRotation:
         """Re-encrypt every secret of every kept version with a new key; retire the old ones.

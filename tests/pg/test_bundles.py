@@ -36,8 +36,9 @@ async def test_a_bundle_installed_on_one_host_is_stored_once_and_fetched_on_anot
     one = _host(tmp_path, "a", bundle, pools[0], migrated_url)
     two = _host(tmp_path, "b", bundle, pools[1], migrated_url)
 
-    record = await one.install(bundle)
-    await one.install(bundle)  # again: nothing new stored
+    first = await one.install(bundle)
+    record = await one.install(bundle)  # again: nothing new stored (the record is refreshed)
+    assert record.digest == first.digest
     async with pools[0].acquire() as conn:
         blobs = await conn.fetchval("SELECT count(*) FROM bundle_blobs")
         shared = await conn.fetch("SELECT plugin_id, digest FROM installed_bundles")

@@ -35,9 +35,7 @@ def settings_in(tmp_path: Path, backups: int = 3) -> ConfigSettings:
     )
 
 
-async def open_store(
-    pool: asyncpg.Pool, url: str, settings: ConfigSettings
-) -> PgConfigStore:
+async def open_store(pool: asyncpg.Pool, url: str, settings: ConfigSettings) -> PgConfigStore:
     return await PgConfigStore.open(pool, url, settings, secret_fields=secret_fields)
 
 
@@ -90,9 +88,7 @@ async def test_plugin_etag_covers_only_its_subtree_across_hosts(
     assert (await one.load()).plugin_etag("t1", "a") == etag_a
     await two.update(set_plugin("t1", "a", {"x": 2}), expected_etag=etag_a, subtree=("t1", "a"))
     with pytest.raises(PreconditionFailedError) as info:
-        await one.update(
-            set_plugin("t1", "a", {"x": 3}), expected_etag=etag_a, subtree=("t1", "a")
-        )
+        await one.update(set_plugin("t1", "a", {"x": 3}), expected_etag=etag_a, subtree=("t1", "a"))
     assert info.value.scope == "t1/a"
     assert (await one.load()).document.tenants["t1"].settings.plugins["a"] == {"x": 2}
 
@@ -199,7 +195,7 @@ async def test_history_keeps_the_backups_and_a_version_can_be_restored(
     restored = await two.roll_back_to(5)
     assert restored.document.tenants["t1"].settings.model_extra == {"n": 3}
     assert (await one.peek()).etag == restored.etag
-    assert [v.reason for v in await one.history()][0] == "rollback:5"
+    assert (await one.history())[0].reason == "rollback:5"
     with pytest.raises(ConfigInvalidError, match="not kept"):
         await one.roll_back_to(1)
 
