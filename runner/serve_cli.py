@@ -95,6 +95,9 @@ def add_serve_command(commands: Any) -> None:
         description="Serve the admin API and webhooks until SIGTERM or SIGINT (a second one "
         "forces the exit); SIGHUP reloads. Settings: docs/configuration.md; running it: "
         "docs/operations.md.",
+        epilog="exit status: 0 after a graceful stop, or a clean --check; 1 when a check fails "
+        "or the service cannot start; 2 when the settings are unusable; 128+N when a second "
+        "signal N forced the exit",
     )
     serve.add_argument(
         "--config",
