@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -63,6 +63,7 @@ SUBJECTS: Final = (
     ("webhook", f"/webhook/{SLUG}/{TENANT}/open (verify = none)"),
     ("webhook-signed", f"/webhook/{SLUG}/{TENANT}/signed (HMAC-SHA256 in core)"),
 )
+COMPARE_SUBJECT: Final = "webhook-compare"
 
 # wrk's own report goes to stdout too; `done` adds one line of JSON that we parse.
 WRK_SCRIPT: Final = f"""
@@ -102,9 +103,9 @@ QUICK_PLAN: Final = Plan(rounds=1, duration_s=1, warmup_s=0)
 async def _bare_child() -> None:
     """Serve a bare aiohttp handler with the daemon's settings: read the body, answer 200 `ok`.
 
-    Like `corral serve` (runner/daemon.py): plain asyncio (`asyncio.run`), the allocator tuned,
-    `client_max_size` of the admin app, `AppRunner(access_log=None)`, one `TCPSite`. The port is
-    free, and printed as `PORT n`. Runs until SIGTERM.
+    Like `corral serve` (runner/daemon.py): plain asyncio (uvloop with `--loop uvloop`), the
+    allocator tuned, `client_max_size` of the admin app, `AppRunner(access_log=None)`, one
+    `TCPSite`. The port is free, and printed as `PORT n`. Runs until SIGTERM.
     """
     from aiohttp import web
 
@@ -210,8 +211,10 @@ def _failed(role: str, log: Path) -> RuntimeError:
 
 
 @contextlib.asynccontextmanager
-async def _corral_serve(work: Path) -> AsyncIterator[Child]:
-    """Run `corral serve` on a free port with the bench's state dir and trust files."""
+async def _corral_serve(
+    work: Path, root: Path = ROOT, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[Child]:
+    """Run `corral serve` from the checkout `root` on a free port with `work`'s state dir."""
     import aiohttp
 
     state = work / "state"
@@ -221,14 +224,16 @@ async def _corral_serve(work: Path) -> AsyncIterator[Child]:
         CORRAL_CHECKSUMS_PATH=str(state / "checksums.txt"),
         CORRAL_CONFIG_PATH=str(state / "config" / "corral.config.json"),
         CORRAL_WEBHOOK_RATE_PER_MINUTE=RATE_PER_MINUTE,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])),
     )
+    env.update(extra_env or {})
     port = _free_port()
     log = work / "corral-serve.log"
     argv = [sys.executable, "-m", "runner.cli", "serve", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--state-dir", str(state)]
     with log.open("wb") as sink:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, env=env, cwd=ROOT
+            *argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, env=env, cwd=root
         )
     child = Child(process, port, log)
     try:
@@ -248,10 +253,10 @@ async def _corral_serve(work: Path) -> AsyncIterator[Child]:
 
 
 @contextlib.asynccontextmanager
-async def _bare_server(work: Path) -> AsyncIterator[Child]:
-    """Run `bench/webhook.py --bare-child`, which prints its port."""
+async def _bare_server(work: Path, loop: str) -> AsyncIterator[Child]:
+    """Run `bench/webhook.py --bare-child` on the event loop `loop`; it prints its port."""
     log = work / "bare.log"
-    argv = [sys.executable, __file__, "--bare-child"]
+    argv = [sys.executable, __file__, "--bare-child", "--loop", loop]
     with log.open("wb") as sink:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=sink, cwd=ROOT
@@ -372,7 +377,7 @@ async def _rounds(
         shift = index % len(names)
         measured: dict[str, dict[str, Any]] = {}
         for name in names[shift:] + names[:shift]:
-            server = {"server": pids["bare" if name == "bare" else "host"]}
+            server = {"server": pids[name]}
             measured[name] = await _measure(
                 wrk, urls[name], script, args, args.plan.duration_s, server
             )
@@ -389,9 +394,9 @@ async def _rounds(
     return results
 
 
-def _summarise(results: Rounds) -> list[dict[str, Any]]:
+def _summarise(results: Rounds, subjects: list[tuple[str, str]]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for name, about in SUBJECTS:
+    for name, about in subjects:
         runs = [r[name] for r in results]
 
         def median(field: str, runs: list[dict[str, Any]] = runs) -> float:
@@ -453,6 +458,7 @@ def _environment(wrk: str, args: argparse.Namespace) -> dict[str, Any]:
         "aiohttp": aiohttp.__version__,
         "wrk": (version.stdout or version.stderr).split("[")[0].strip(),
         "sandbox_mode": os.environ.get("CORRAL_SANDBOX_MODE", "strict"),
+        "loop": args.loop,
     }
     with contextlib.suppress(ImportError):
         import uvloop
@@ -471,8 +477,11 @@ def _print_report(doc: dict[str, Any]) -> None:
         f"wrk: {setup['connections']} connections, {setup['threads']} thread(s), POST of "
         f"{setup['body_bytes']} B; webhook rate limit raised to {setup['rate_per_minute']}/min\n"
         f"corral: one host process, {setup['instances']} worker(s) for the activation "
-        f"(instances = {setup['instances']}), sandbox {env['sandbox_mode']}"
+        f"(instances = {setup['instances']}), sandbox {env['sandbox_mode']}; bare handler on "
+        f"{env['loop']}"
     )
+    if setup.get("compare"):
+        print(f"compare: a second corral serve from {setup['compare']} (own state dir and port)")
     print()
     head = f"  {'':15} {'requests/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'vs bare':>8}"
     print(head + f" {'server us/req':>13} {'worker us/req':>13} {'non-2xx':>8} {'sock err':>8}")
@@ -485,8 +494,8 @@ def _print_report(doc: dict[str, Any]) -> None:
             f"{sum(row['socket_errors'].values()):8d}"
         )
     print()
-    for name, about in SUBJECTS:
-        print(f"  {name}: {about}")
+    for row in doc["results"]:
+        print(f"  {row['subject']}: {row['what']}")
     print()
     print("targets (issue 6; judged from this run, never asserted)")
     for check in doc["targets"]:
@@ -501,7 +510,10 @@ async def _run(wrk: str, args: argparse.Namespace) -> dict[str, Any]:
         bundle = _prepare_state(work, args.instances)
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
-        async with _corral_serve(work) as host, _bare_server(work) as bare:
+        subjects = list(SUBJECTS)
+        async with contextlib.AsyncExitStack() as stack:
+            host = await stack.enter_async_context(_corral_serve(work))
+            bare = await stack.enter_async_context(_bare_server(work, args.loop))
             await _activate(host, work / "state", bundle)
             base = f"/webhook/{SLUG}/{TENANT}"
             urls = {
@@ -509,12 +521,26 @@ async def _run(wrk: str, args: argparse.Namespace) -> dict[str, Any]:
                 "webhook": host.url(f"{base}/open"),
                 "webhook-signed": host.url(f"{base}/signed"),
             }
+            pids = {"bare": bare.process.pid, "webhook": host.process.pid}
+            pids["webhook-signed"] = host.process.pid
+            if args.compare is not None:
+                other_work = work / "compare"
+                other_work.mkdir(mode=0o755)
+                other_bundle = _prepare_state(other_work, args.instances)
+                env = dict(v.split("=", 1) for v in args.compare_env)
+                other = await stack.enter_async_context(
+                    _corral_serve(other_work, args.compare, env)
+                )
+                await _activate(other, other_work / "state", other_bundle)
+                urls[COMPARE_SUBJECT] = other.url(f"{base}/open")
+                pids[COMPARE_SUBJECT] = other.process.pid
+                about = f"/webhook/{SLUG}/{TENANT}/open, corral from {args.compare}"
+                subjects.append((COMPARE_SUBJECT, about))
             await _check(urls)
-            pids = {"host": host.process.pid, "bare": bare.process.pid}
             results = await _rounds(wrk, urls, pids, script, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows = _summarise(results)
+    rows = _summarise(results, subjects)
     env = _environment(wrk, args) | {"seconds": round(time.monotonic() - started, 1)}
     setup = {
         "connections": args.connections,
@@ -522,6 +548,7 @@ async def _run(wrk: str, args: argparse.Namespace) -> dict[str, Any]:
         "instances": args.instances,
         "body_bytes": len(BODY),
         "rate_per_minute": int(RATE_PER_MINUTE),
+        "compare": str(args.compare) if args.compare is not None else None,
     }
     plan = dataclasses.asdict(args.plan)
     return {
@@ -531,6 +558,15 @@ async def _run(wrk: str, args: argparse.Namespace) -> dict[str, Any]:
         "results": rows,
         "targets": _targets(rows),
     }
+
+
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if loop == "asyncio":
+        return None
+    import uvloop
+
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -549,6 +585,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-install", action="store_true", help="do not apt-get install wrk when missing"
     )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of the bare handler (default asyncio, as `corral serve`)",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help=f"also run `corral serve` from the checkout DIR ({COMPARE_SUBJECT!r} row)",
+    )
+    parser.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the --compare host only (repeatable)",
+    )
     parser.add_argument("--bare-child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -558,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
     if args.bare_child:
-        asyncio.run(_bare_child())  # as `corral serve`: asyncio.run, plain asyncio
+        with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:  # as `corral serve`
+            runner.run(_bare_child())
         return 0
     base = QUICK_PLAN if args.quick else DEFAULT_PLAN
     args.plan = dataclasses.replace(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import psutil
@@ -31,7 +32,7 @@ from .middleware import PRINCIPAL
 from .openapi import documented, openapi_document
 from .supervisor import ActivationKey, ActivationNotFoundError
 
-ReadinessProbe = Callable[[], list[ReadinessCheck]]
+ReadinessProbe = Callable[[], list[ReadinessCheck] | Awaitable[list[ReadinessCheck]]]
 READY: Final[web.AppKey[ReadinessProbe]] = web.AppKey("ready")  # set by whoever starts the app
 TITLE: Final = "corral admin API"
 
@@ -51,7 +52,8 @@ async def healthz(request: web.Request) -> web.Response:
 )
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz."""
-    checks = request.app[READY]()
+    probed = request.app[READY]()
+    checks = await probed if inspect.isawaitable(probed) else probed
     ok = bool(checks) and all(c.ok for c in checks)
     body = Readiness(status="ready" if ok else "not_ready", checks=checks)
     return json_answer(body, status=200 if ok else 503)

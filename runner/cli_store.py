@@ -1,9 +1,10 @@
 """The config store and audit log as the `keys` and `tenants` commands open them.
 
 They read their settings as `corral serve` does (`--config` TOML file or `$CORRAL_CONFIG_FILE`,
-then `CORRAL_*` variables, then `--state-dir`), so they open the daemon's files, and work with it
+then `CORRAL_*` variables, then `--state-dir`), so they open the daemon's store, and work with it
 stopped or running: `JsonConfigStore` writes under a file lock both processes take, each write
-applying its change to the document as read under that lock, so neither side's write is lost.
+applying its change to the document as read under that lock, so neither side's write is lost;
+with `CORRAL_STORE` they open the PostgreSQL store, whose writes every host follows at once.
 Secret fields are taken from the installed plugins' manifests, as the daemon takes them.
 """
 
@@ -36,6 +37,7 @@ from .daemon_settings import (
 from .errors import RunnerError
 from .install_store import INDEX_NAME, InstalledPlugin, JsonRecords, PluginStore, RecordsError
 from .paths import default_state_dir
+from .pg import PgBackend, PgConfigStore, StoreError, store_url
 
 _TENANT_RE: Final = re.compile(TENANT_ID_PATTERN)
 
@@ -52,10 +54,11 @@ class CliState:
     `secret_fields` the secret config fields of every installed version of each.
     """
 
-    store: JsonConfigStore
+    store: JsonConfigStore | PgConfigStore
     audit: AuditLog | None
     manifests: dict[str, Manifest]
     secret_fields: dict[str, frozenset[str]]
+    backend: PgBackend | None = None  # with CORRAL_STORE: the pool, closed by `run_with_state`
 
     async def record(
         self,
@@ -84,7 +87,12 @@ def run_with_state(args: argparse.Namespace, act: Act, *, writes: bool) -> int:
     """Open the state, run `act` on it, and return its exit status (2 if the state is unusable)."""
 
     async def run(environ: Mapping[str, str]) -> int:
-        return await act(args, await open_state(environ, writes=writes))
+        state = await open_state(environ, writes=writes)
+        try:
+            return await act(args, state)
+        finally:
+            if state.backend is not None:
+                await state.backend.close()
 
     try:
         return asyncio.run(run(settings_environ(args)))
@@ -151,6 +159,12 @@ async def open_state(environ: Mapping[str, str], *, writes: bool) -> CliState:
     as `corral serve` would at its first start.
     """
     try:
+        url = store_url(environ)
+    except StoreError as exc:
+        raise CliStateError(str(exc)) from exc
+    if url is not None:
+        return await _open_pg_state(environ, url, writes=writes)
+    try:
         state_dir = default_state_dir(environ)
         settings = ConfigSettings.from_env(environ, state_dir=state_dir)
         if not writes and not await asyncio.to_thread(_document_exists, settings.path):
@@ -170,6 +184,40 @@ async def open_state(environ: Mapping[str, str], *, writes: bool) -> CliState:
     except (ConfigError, AuditError, RecordsError, OSError) as exc:
         raise CliStateError(str(exc)) from exc
     return CliState(store, audit, manifests, secrets)
+
+
+async def _open_pg_state(environ: Mapping[str, str], url: str, *, writes: bool) -> CliState:
+    """Open the PostgreSQL store `corral serve` shares with the other hosts (CORRAL_STORE).
+
+    Writes take the same row lock and NOTIFY every host, which then applies them at once.
+    """
+    try:
+        state_dir = default_state_dir(environ)
+        settings = ConfigSettings.from_env(environ, state_dir=state_dir)
+        store_dir = state_dir / "store"
+        records = await JsonRecords(store_dir / INDEX_NAME).all()
+        manifests, secrets = await asyncio.to_thread(_manifests, PluginStore(store_dir), records)
+        backend = await PgBackend.connect(url)
+    except (ConfigError, RecordsError, StoreError, OSError) as exc:
+        raise CliStateError(str(exc)) from exc
+    try:
+        audit = (
+            await AuditLog.open(AuditSettings.from_env(state_dir, environ), sink=backend.audit_sink)
+            if writes
+            else None
+        )
+        store = await backend.open_config(
+            settings,
+            secret_fields=lambda plugin_id: secrets.get(plugin_id, frozenset()),
+            audit=audit,
+        )
+    except (ConfigError, AuditError, StoreError, OSError) as exc:
+        await backend.close()
+        raise CliStateError(str(exc)) from exc
+    except BaseException:
+        await backend.close()
+        raise
+    return CliState(store, audit, manifests, secrets, backend)
 
 
 def _document_exists(path: Path) -> bool:

@@ -26,10 +26,11 @@ from .cli_common import (
 )
 from .cli_store import CliStateError, add_state_options, settings_environ
 from .config_errors import ConfigError
+from .config_rotation import KeyRotation
 from .config_settings import ConfigSettings
 from .config_store import JsonConfigStore
 from .paths import default_state_dir
-from .pg import StoreError, connect, store_url, verify_database
+from .pg import PgBackend, StoreError, connect, store_url, verify_database
 
 
 def add_audit_commands(commands: Any) -> None:
@@ -70,7 +71,9 @@ def add_config_commands(commands: Any) -> None:
         "(config_path, $CORRAL_CONFIG_PATH) and its backups with it, then retire the old key "
         "from the key file (secret_key_file, $CORRAL_SECRET_KEY_FILE). Safe while corral "
         "serves: the old key stays readable until the rotation completes; if interrupted, run "
-        "it again. Recorded in the audit trail.",
+        "it again. Recorded in the audit trail. With CORRAL_STORE (PostgreSQL) every kept "
+        "version in the database is re-encrypted in one transaction; then copy the new key "
+        "file to every other host and send them SIGHUP (docs/scale-out.md).",
         epilog=exit_epilog(
             "the rotation was refused or failed (no key file yet, an unusable document or key "
             "file)",
@@ -133,10 +136,14 @@ async def _rotate_key(args: argparse.Namespace) -> int:
     try:
         if not settings.is_hipaa and not settings.key_file.exists():  # HIPAA: open() says why
             raise ConfigError(f"no secret key file at {settings.key_file}: nothing to rotate")
-        audit = await AuditLog.open(audit_settings)
-        store = await JsonConfigStore.open(settings, audit=audit)
-        rotation = await store.rotate_secret_key()
-    except (ConfigError, AuditError, OSError) as exc:
+        url = store_url(environ)
+        if url is not None:
+            rotation = await _rotate_in_database(url, settings, audit_settings)
+        else:
+            audit = await AuditLog.open(audit_settings)
+            store = await JsonConfigStore.open(settings, audit=audit)
+            rotation = await store.rotate_secret_key()
+    except (ConfigError, AuditError, OSError, StoreError) as exc:
         message = f"key rotation failed: {exc}"
         return fail("rotation_failed", message, args.json, status=EXIT_PROBLEMS)
     if args.json:
@@ -156,4 +163,23 @@ async def _rotate_key(args: argparse.Namespace) -> int:
         )
         for name, why in rotation.skipped.items():
             print(f"  backup {name} left as it was: {why}", file=sys.stderr)
+        if store_url(environ) is not None:
+            print(
+                f"now copy {settings.key_file} to every other host (mode 0600) and send them "
+                "SIGHUP: until then they keep serving but cannot apply new settings",
+                file=sys.stderr,
+            )
     return EXIT_OK
+
+
+async def _rotate_in_database(
+    url: str, settings: ConfigSettings, audit_settings: AuditSettings
+) -> KeyRotation:
+    """Rotate through `PgConfigStore.rotate_secret_key`: the shared document, the local key file."""
+    pg = await PgBackend.connect(url)
+    try:
+        audit = await AuditLog.open(audit_settings, sink=pg.audit_sink)
+        store = await pg.open_config(settings, audit=audit)
+        return await store.rotate_secret_key()
+    finally:
+        await pg.close()

@@ -197,16 +197,25 @@ class Host:
         try:
             if self.settings.shipped_plugins_dir is not None:
                 await _install_shipped(self.installer, self.settings.shipped_plugins_dir)
-            statuses = await self.installer.verify_installed()
-            chosen = _loadable(statuses, self.plugins)
-            changed = sorted(i for i, r in chosen.items() if not _same(self.plugins.get(i), r))
-            bundles = {i: self.installer.path_of(chosen[i]) for i in changed}
-            manifests = await asyncio.to_thread(
-                lambda: {i: load_manifest(path) for i, path in bundles.items()}
-            )
+            return await self.refresh_plugins()
         except BaseException:
             self.installer.settings = previous
             raise
+
+    async def refresh_plugins(self) -> TrustReload:
+        """Re-verify every installed plugin and load exactly those that verify now.
+
+        `reload_trust` without re-reading the trust files or installing the shipped bundles:
+        what a host does when another host installed or uninstalled a plugin. Workers are not
+        touched. Raises RecordsError when the store's index is invalid (nothing changed).
+        """
+        statuses = await self.installer.verify_installed()
+        chosen = _loadable(statuses, self.plugins)
+        changed = sorted(i for i, r in chosen.items() if not _same(self.plugins.get(i), r))
+        bundles = {i: self.installer.path_of(chosen[i]) for i in changed}
+        manifests = await asyncio.to_thread(
+            lambda: {i: load_manifest(path) for i, path in bundles.items()}
+        )
         unloaded = sorted(set(self.plugins) - set(chosen))
         for plugin_id in unloaded:
             del self.plugins[plugin_id]

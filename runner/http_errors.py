@@ -33,6 +33,7 @@ from .control_errors import (
 from .errors import RunnerError, WorkerStartError
 from .install_errors import InstallError, Reason
 from .keys import DuplicateKeyError
+from .pg.errors import StoreUnavailableError
 from .ratelimit import RateLimitedError
 
 MAX_MESSAGE_CHARS: Final = 500
@@ -154,6 +155,13 @@ def classify(exc: Exception) -> ErrorAnswer:
                 503,
                 "store_unavailable",
                 "the config store cannot be written now; nothing was changed",
+            )
+        case StoreUnavailableError():  # the shared database (CORRAL_STORE) is unreachable
+            return ErrorAnswer(
+                503,
+                "store_unavailable",
+                "the shared store cannot be reached now; nothing was done, retry later",
+                {"Retry-After": "5"},
             )
         case SecretKeyError():
             return ErrorAnswer(500, "internal", "a stored secret cannot be decrypted", is_bug=True)

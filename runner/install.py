@@ -213,7 +213,41 @@ class Installer:
         for key, record in local.items():
             if shared.get(key) != record:
                 await self.shared.publish(record, self.path_of(record))
-        fetched = []
+        return await self._fetch_missing(shared, local)
+
+    async def pull_shared(self) -> tuple[list[InstalledPlugin], list[InstalledPlugin]]:
+        """Follow the shared records after another host installed or uninstalled a plugin.
+
+        Fetches each shared record this host lacks (verified, as `sync_shared`) and drops each
+        local record no longer shared (its entry goes once unused). Publishes nothing, so what
+        another host removed never comes back. Returns (fetched, dropped); loading them is a
+        `Host.refresh_plugins`. The caller keeps local installs from running meanwhile (a
+        record installed but not yet published would be dropped).
+        """
+        if self.shared is None:
+            return [], []
+        shared = {(r.plugin_id, r.version): r for r in await self.shared.records()}
+        async with self._lock:
+            local = {(r.plugin_id, r.version): r for r in await self.records.all()}
+            dropped = [r for key, r in local.items() if key not in shared]
+            if dropped:
+                await _uninterrupted(self._forget(dropped, share=False))
+        for record in dropped:
+            _log.info(
+                "dropped plugin %s %s: uninstalled by another host",
+                record.plugin_id,
+                record.version,
+            )
+        return await self._fetch_missing(shared, local), dropped
+
+    async def _fetch_missing(
+        self,
+        shared: dict[tuple[str, str], InstalledPlugin],
+        local: dict[tuple[str, str], InstalledPlugin],
+    ) -> list[InstalledPlugin]:
+        fetched: list[InstalledPlugin] = []
+        if self.shared is None:
+            return fetched
         for key, record in shared.items():
             if key in local:
                 continue
@@ -252,12 +286,12 @@ class Installer:
             _log.info("uninstalled plugin %s %s (%s)", plugin_id, record.version, record.digest)
         return doomed
 
-    async def _forget(self, doomed: list[InstalledPlugin]) -> None:
+    async def _forget(self, doomed: list[InstalledPlugin], *, share: bool = True) -> None:
         # Records go first: a crash between the steps leaves an unreferenced entry (wasted
         # space, reused by a reinstall), never a record whose entry is gone.
         for record in doomed:
             await self.records.remove(record.plugin_id, record.version)
-            if self.shared is not None:
+            if share and self.shared is not None:
                 await self.shared.forget(record.plugin_id, record.version)
         in_use = {r.digest for r in await self.records.all()}
         for digest in sorted({r.digest for r in doomed} - in_use):

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import datetime
 import json
 import logging
+import math
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, TextIO
 
 LogFormat = Literal["json", "text"]
@@ -49,12 +50,30 @@ class LogContext:
 
     def items(self) -> Iterator[tuple[str, str | int]]:
         """Yield the fields that are set, in a stable order."""
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name in _FIELDS:
+            value = getattr(self, name)
             if value is not None:
-                yield f.name, value
+                yield name, value
+
+    def replace(self, changes: Mapping[str, Any]) -> LogContext:
+        """Return a copy with `changes` applied; TypeError on a name that is not a field.
+
+        `dataclasses.replace` does the same in ~3x the time; this runs on every request.
+        """
+        if not changes.keys() <= _FIELD_SET:
+            unknown = ", ".join(sorted(changes.keys() - _FIELD_SET))
+            raise TypeError(f"LogContext has no field(s) {unknown}")
+        get = changes.get
+        return LogContext(
+            get("request_id", self.request_id),
+            get("tenant", self.tenant),
+            get("plugin", self.plugin),
+            get("worker_pid", self.worker_pid),
+        )
 
 
+_FIELDS: Final = tuple(f.name for f in fields(LogContext))
+_FIELD_SET: Final = frozenset(_FIELDS)
 _NO_CONTEXT: Final = LogContext()  # frozen: safe to share as the default
 _CONTEXT: Final = contextvars.ContextVar("corral_log_context", default=_NO_CONTEXT)
 
@@ -69,12 +88,12 @@ def set_log_context(**changes: Any) -> contextvars.Token[LogContext]:
 
     Tasks created afterwards inherit the change; tasks created before do not see it.
     """
-    return _CONTEXT.set(replace(_CONTEXT.get(), **changes))
+    return _CONTEXT.set(_CONTEXT.get().replace(changes))
 
 
 def bind_log_context(**changes: Any) -> None:
     """Change fields of the current context for the rest of it (an enclosing scope resets)."""
-    _CONTEXT.set(replace(_CONTEXT.get(), **changes))
+    _CONTEXT.set(_CONTEXT.get().replace(changes))
 
 
 def reset_log_context(token: contextvars.Token[LogContext]) -> None:
@@ -106,17 +125,39 @@ def redact(value: Any) -> Any:
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     """Return the context fields and the (redacted) extras of `record`, without the basics."""
     out: dict[str, Any] = dict(_CONTEXT.get().items())
-    for key, value in record.__dict__.items():
-        if key in _STANDARD or key.startswith("_"):
-            continue
-        name = _ALIASES.get(key, key)
-        out[name] = MASK if SENSITIVE_KEY.search(name) else redact(value)
+    attributes = record.__dict__
+    if attributes.keys() - _STANDARD:  # most records have no extras: one set difference
+        for key, value in attributes.items():
+            if key in _STANDARD or key.startswith("_"):
+                continue
+            name = _ALIASES.get(key, key)
+            out[name] = MASK if SENSITIVE_KEY.search(name) else redact(value)
     return out
 
 
+class _SecondText:
+    """The last whole second formatted as `YYYY-MM-DDTHH:MM:SS` (log lines come in bursts)."""
+
+    last: tuple[int, str] = (-1, "")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Return the record's time as RFC 3339 UTC with milliseconds (`...T12:00:00.123Z`)."""
+    # As `datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`: rounded to
+    # the microsecond, then truncated to the millisecond; the date and time are formatted once
+    # per second (one tuple, so threads that log race harmlessly).
+    fraction, whole = math.modf(record.created)
+    second, micros = divmod(int(whole) * 1_000_000 + round(fraction * 1_000_000), 1_000_000)
+    cached_second, text = _SecondText.last
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _SecondText.last = (second, text)
+    return f"{text}.{micros // 1000:03d}Z"
+
+
+# `json.dumps(..., default=str)` builds an encoder per call; this one is built once.
+_JSON: Final = json.JSONEncoder(default=str)
+_quote: Final = json.encoder.encode_basestring_ascii  # what _JSON does to every str
 
 
 class JsonFormatter(logging.Formatter):
@@ -124,10 +165,15 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the record's JSON line (no newline inside: JSON escapes them)."""
+        event = record.getMessage()
+        if not (record.exc_info or record.stack_info or record.__dict__.keys() - _STANDARD):
+            fast = _plain_line(record, event)
+            if fast is not None:
+                return fast
         line: dict[str, Any] = {
             "time": _timestamp(record),
             "level": record.levelname.lower(),
-            "event": record.getMessage(),
+            "event": event,
             "logger": record.name,
         }
         for key, value in record_fields(record).items():
@@ -136,7 +182,32 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str)
+        return _JSON.encode(line)
+
+
+def _plain_line(record: logging.LogRecord, event: str) -> str | None:
+    """Return the JSON line of a record with no extras, as `_JSON` would; None if it cannot.
+
+    Most lines (every access line) are four strings and the context's strings and integers:
+    written here directly, a third of the time `JSONEncoder.encode` takes for the same dict.
+    """
+    parts = [
+        f'{{"time": "{_timestamp(record)}", "level": {_quote(record.levelname.lower())}, '
+        f'"event": {_quote(event)}, "logger": {_quote(record.name)}'
+    ]
+    context = _CONTEXT.get()
+    for name in _FIELDS:
+        value = getattr(context, name)
+        if value is None:
+            continue
+        if type(value) is str:
+            parts.append(f', "{name}": {_quote(value)}')
+        elif type(value) is int:
+            parts.append(f', "{name}": {int.__repr__(value)}')
+        else:
+            return None  # not what LogContext's fields hold: let the encoder decide
+    parts.append("}")
+    return "".join(parts)
 
 
 class TextFormatter(logging.Formatter):

@@ -29,7 +29,7 @@ from .middleware import rate_limits_of
 from .openapi import documented
 from .ratelimit import AdminRateLimits, RateLimitedError
 from .slot import WorkerState
-from .webhooks import webhook
+from .webhooks import WEBHOOK_PLUGIN, webhook
 
 PUBLIC_ENV: Final = "CORRAL_METRICS_PUBLIC"
 PATH: Final = "/metrics"
@@ -100,6 +100,7 @@ class Metrics:
         )
         self.webhook_rate_limited = 0
         self._rpc_children: dict[tuple[str, str], Histogram] = {}
+        self._webhook_children: dict[tuple[str, int], Counter] = {}
         self.registry.register(_HostCollector(self, host, limits))
 
     def observe_call(self, plugin_id: str, method: str, seconds: float) -> None:
@@ -117,7 +118,12 @@ class Metrics:
 
     def observe_webhook(self, plugin_id: str, status: int, *, rate_limited: bool) -> None:
         """Record one webhook answer; `rate_limited`: the host's limiter refused it (429)."""
-        self.webhook_responses.labels(plugin_id, str(status)).inc()
+        child = self._webhook_children.get((plugin_id, status))
+        if child is None:  # `labels` takes a lock and builds its key: once per (plugin, status)
+            child = self._webhook_children[(plugin_id, status)] = self.webhook_responses.labels(
+                plugin_id, str(status)
+            )
+        child.inc()
         if rate_limited:
             self.webhook_rate_limited += 1
 
@@ -247,9 +253,13 @@ async def observe_webhooks(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _record_webhook(request: web.Request, status: int, rate_limited: bool = False) -> None:
-    slug = request.match_info.get("slug", "")
-    manifests = request.app[_HOST].manifests
-    plugin = next((m.id for m in manifests.values() if slug in (m.url_slug, m.id)), UNKNOWN_PLUGIN)
+    plugin = request.get(WEBHOOK_PLUGIN)  # what the router resolved the slug to
+    if plugin is None:  # refused before the router looked the slug up
+        slug = request.match_info.get("slug", "")
+        manifests = request.app[_HOST].manifests
+        plugin = next(
+            (m.id for m in manifests.values() if slug in (m.url_slug, m.id)), UNKNOWN_PLUGIN
+        )
     request.app[METRICS].observe_webhook(plugin, status, rate_limited=rate_limited)
 
 

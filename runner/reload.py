@@ -4,20 +4,22 @@ Each part keeps its old state when its new file is invalid, and the report says 
 still apply. Workers change only where the running state no longer matches what the store and the
 verified plugins ask for, by the API's drain-and-switch (`Control.reconcile`). The whole reload
 holds `Control.writes` exclusively, so no API write interleaves. docs/admin-api.md ("Reload
-(SIGHUP)") states the semantics; catching the signal is the daemon's job.
+(SIGHUP)") states the semantics; catching the signal is the daemon's job. `reconcile_drifted` is
+also how a host follows another host's changes (`runner.pg.follower`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from .audit import AuditLog, Scalar
 from .config_errors import ConfigError
-from .config_store import JsonConfigStore
+from .config_snapshot import ConfigSnapshot
 from .control import Control, Workers, validate_settings
 from .control_errors import SettingsInvalidError
 from .errors import RunnerError
@@ -28,6 +30,14 @@ Part = Literal["reread", "kept"]
 RegistryOutcome = Literal["replaced", "unchanged", "kept"]
 _REASON_CHARS: Final = 300
 _log = logging.getLogger(__name__)
+
+
+class RereadableStore(Protocol):
+    """What a reload needs of the config store: read the document afresh (both stores can)."""
+
+    async def reread(self) -> ConfigSnapshot:
+        """Re-read the document, refusing (ConfigError) one that does not parse or decrypt."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +104,14 @@ class ReloadReport:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What `reconcile_drifted` did: the activations it changed, and why others were not."""
+
+    activations: tuple[ActivationChange, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
 @dataclass
 class _Draft:
     trust: Part = "reread"
@@ -120,7 +138,7 @@ class _Draft:
 
 async def reload(
     control: Control,
-    store: JsonConfigStore,
+    store: RereadableStore,
     registry: Registry,
     registry_path: Path,
     audit: AuditLog | None,
@@ -136,7 +154,12 @@ async def reload(
         await _reload_trust(control, draft)
         await _reload_registry(registry, registry_path, draft)
         await _reread_config(store, draft)
-        await _reconcile_drifted(control, draft)
+        # With the config kept, only the activations of plugins loaded or unloaded are looked
+        # at: the store may already serve a hand edit that parses but does not decrypt.
+        only = None if draft.config == "reread" else {*draft.loaded, *draft.unloaded}
+        done = await reconcile_drifted(control, plugins=only)
+        draft.activations.extend(done.activations)
+        draft.problems.extend(done.problems)
     report = draft.report()
     if audit is not None:
         await audit.record(
@@ -167,7 +190,7 @@ async def _reload_registry(registry: Registry, path: Path, draft: _Draft) -> Non
     draft.registry = "replaced" if registry.replace_with(new) else "unchanged"
 
 
-async def _reread_config(store: JsonConfigStore, draft: _Draft) -> None:
+async def _reread_config(store: RereadableStore, draft: _Draft) -> None:
     try:
         await store.reread()
     except (ConfigError, OSError) as exc:
@@ -177,23 +200,34 @@ async def _reread_config(store: JsonConfigStore, draft: _Draft) -> None:
         )
 
 
-async def _reconcile_drifted(control: Control, draft: _Draft) -> None:
+async def reconcile_drifted(
+    control: Control, *, plugins: Collection[str] | None = None
+) -> Reconciled:
     """Reconcile every (tenant, plugin) whose running spec differs from the store's; skip others.
 
-    With the config kept, only the activations of plugins loaded or unloaded are looked at: the
-    store may already serve a hand edit that parses but does not decrypt.
+    Looks at every activation the document lists or that runs, or only at those of `plugins`.
+    Each is switched as a `PUT` switches it (`Control.reconcile`); settings the schema refuses
+    or workers that fail to start leave the old workers serving (a problem is reported), unless
+    their bundle no longer verifies: then they are stopped. The caller holds `control.writes`.
     """
     snapshot = await control.store.peek()
     keys = set(control.host.supervisor.active_keys())
     for tenant_id, tenant in snapshot.document.tenants.items():
         keys.update(ActivationKey(tenant_id, a.plugin_id) for a in tenant.activations)
-    changed_plugins = {*draft.loaded, *draft.unloaded}
+    activations: list[ActivationChange] = []
+    problems: list[str] = []
     for key in sorted(keys):
-        if draft.config == "reread" or key.plugin_id in changed_plugins:
-            await _reconcile_one(control, key, draft)
+        if plugins is None or key.plugin_id in plugins:
+            await _reconcile_one(control, key, activations, problems)
+    return Reconciled(tuple(activations), tuple(problems))
 
 
-async def _reconcile_one(control: Control, key: ActivationKey, draft: _Draft) -> None:
+async def _reconcile_one(
+    control: Control,
+    key: ActivationKey,
+    activations: list[ActivationChange],
+    problems: list[str],
+) -> None:
     """Bring one activation in line, or say why not; a refused new state keeps the old workers,
     unless their bundle no longer verifies: then they are stopped."""
     where = f"{key.plugin_id} for {key.tenant_id}"
@@ -209,18 +243,18 @@ async def _reconcile_one(control: Control, key: ActivationKey, draft: _Draft) ->
         paths = ", ".join(f"{path} {rule}" for path, rule in exc.problems)
         reason = f"the settings do not fit its schema ({paths})"
     except Exception as exc:  # a worker start failed, or a secret does not decrypt
-        _log.warning("reload could not switch the workers of %s", where, exc_info=True)
+        _log.warning("could not switch the workers of %s", where, exc_info=True)
         reason = _short(exc)
     else:
         if workers not in (Workers.UNCHANGED, Workers.INACTIVE):
-            draft.activations.append(ActivationChange(key.tenant_id, key.plugin_id, workers))
+            activations.append(ActivationChange(key.tenant_id, key.plugin_id, workers))
         return
     if running is None or running.bundle_dir in _verified_bundles(control):
-        draft.problems.append(f"{where} not applied: {reason}; the old workers keep serving")
+        problems.append(f"{where} not applied: {reason}; the old workers keep serving")
         return
     await control.stop_workers(key.tenant_id, key.plugin_id)
-    draft.activations.append(ActivationChange(key.tenant_id, key.plugin_id, Workers.STOPPED))
-    draft.problems.append(f"{where} stopped: its bundle no longer verifies and {reason}")
+    activations.append(ActivationChange(key.tenant_id, key.plugin_id, Workers.STOPPED))
+    problems.append(f"{where} stopped: its bundle no longer verifies and {reason}")
 
 
 def _verified_bundles(control: Control) -> set[Path]:
@@ -243,4 +277,11 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 3] + "..."
 
 
-__all__ = ["ActivationChange", "ReloadReport", "reload"]
+__all__ = [
+    "ActivationChange",
+    "Reconciled",
+    "ReloadReport",
+    "RereadableStore",
+    "reconcile_drifted",
+    "reload",
+]

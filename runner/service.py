@@ -2,7 +2,8 @@
 
 `Service.start` opens each in order and refuses to start, saying why, when one cannot be used:
 a config document with no valid version, a missing secret key under HIPAA, an invalid registry,
-a sandbox that strict mode refuses. Then it restores every enabled activation from the store.
+a sandbox that strict mode refuses. Then it restores every enabled activation from the store
+and, on PostgreSQL, starts following the other hosts' changes (`runner.pg.follower`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Final, cast
+from typing import Final
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from .control import Control
 from .host import Host, HostSettings
 from .key_store import StoreKeyRepository
 from .pg import PgBackend, PgConfigStore, store_url
+from .pg.follower import Follower
 from .ratelimit import AdminRateLimits, RateLimitSettings
 from .registry import Registry, load_registry, registry_path_from_env
 from .reload import ReloadReport, reload
@@ -36,6 +38,7 @@ from .webhook_url import client_address
 from .webhooks import WebhookRouter, WebhookSettings
 
 BOOTSTRAP_FILE_NAME: Final = "bootstrap-key"
+DATABASE_PING_S: Final = 1.0  # /readyz waits at most this long for the database
 _log = logging.getLogger(__name__)
 
 
@@ -97,11 +100,14 @@ class Service:
         self.bootstrap_key_file = bootstrap_key_file
         self.control = Control(host, store)
         self.restored = 0
-        webhooks = WebhookRouter(host.supervisor, host.manifests, audit, settings.webhooks)
-        if pg is not None:
-            # One cache for every host. WebhookRouter takes no cache argument yet and types its
-            # own as the memory one; it only calls `claim`, the ReplayCache seam PgReplayCache is.
-            webhooks._replay = pg.replay  # type: ignore[assignment]
+        self.follower: Follower | None = None
+        webhooks = WebhookRouter(
+            host.supervisor,
+            host.manifests,
+            audit,
+            settings.webhooks,
+            replay=pg.replay if pg is not None else None,  # one cache for every host
+        )
         self.app: web.Application = build_app(
             self.control,
             keys,
@@ -149,6 +155,7 @@ class Service:
         host_settings = replace(settings.host, remote_install=features.plugin_install)
         host = await Host.start(host_settings, audit=audit)
         host_ref.append(host)
+        service: Service | None = None
         try:
             if pg is not None:
                 # Share this host's installs, fetch the others' (they load on a reload).
@@ -161,7 +168,12 @@ class Service:
             keys = ApiKeys(repository)
             service = cls(settings, audit, store, host, keys, registry, bootstrap, pg)
             service.restored = await service.control.restore()
+            if pg is not None and isinstance(store, PgConfigStore):
+                service.follower = Follower(service.control, store, pg.audit_sink, pg.url)
+                service.follower.start()
         except BaseException:
+            if service is not None:
+                await service.close_follower()
             await host.close()
             raise
         await audit.record(
@@ -170,11 +182,13 @@ class Service:
         )
         return service
 
-    def readiness(self) -> list[ReadinessCheck]:
-        """Return the readiness checks: store, plugins, sandbox."""
+    async def readiness(self) -> list[ReadinessCheck]:
+        """Return the readiness checks: store, plugins, sandbox, and the database (if any)."""
         failed = [s.record.plugin_id for s in self.host.statuses if not s.is_ok]
         mode = str(self.host.sandbox.settings.mode)
+        database = [await self._database_check()] if self.pg is not None else []
         return [
+            *database,
             ReadinessCheck(
                 name="config_store",
                 ok=True,
@@ -192,21 +206,49 @@ class Service:
             ),
         ]
 
+    async def _database_check(self) -> ReadinessCheck:
+        """Ping the database (bounded by DATABASE_PING_S); say what a failure means."""
+        assert self.pg is not None
+        waiting = self.pg.audit_sink.backlog
+        backlog = f"; {waiting} audit record(s) waiting" if waiting else ""
+        try:
+            async with asyncio.timeout(DATABASE_PING_S):
+                await self.pg.ping()
+        except Exception as exc:  # StoreUnavailableError, TimeoutError: both mean "down"
+            return ReadinessCheck(
+                name="database",
+                ok=False,
+                detail=f"unreachable ({type(exc).__name__}): writes answer 503, webhooks "
+                f"are served from the last known state{backlog}",
+            )
+        listening = self.follower is not None and self.follower.connected
+        return ReadinessCheck(
+            name="database",
+            ok=True,
+            detail=f"reachable; {'following' if listening else 'not yet following'} other "
+            f"hosts' changes{backlog}",
+        )
+
     async def reload(self) -> ReloadReport:
         """Re-read allowlist, checksums, registry and config from disk and apply them (SIGHUP).
 
         A part whose new file is invalid keeps its old state; the report says which and why.
         Serialized with API writes; audited as `host.reload`. See `runner.reload`.
         """
-        # reload() calls only `store.reread()`, which PgConfigStore has too.
-        store = cast(JsonConfigStore, self.store)
         return await reload(
-            self.control, store, self.registry, self.settings.registry_path, self.audit
+            self.control, self.store, self.registry, self.settings.registry_path, self.audit
         )
 
+    async def close_follower(self) -> None:
+        """Stop following the other hosts (`close` does it first)."""
+        follower, self.follower = self.follower, None
+        if follower is not None:
+            await follower.close()
+
     async def close(self) -> None:
-        """Stop every worker and the host, then close the database pool (if any)."""
+        """Stop following, stop every worker and the host, then close the database pool."""
         try:
+            await self.close_follower()
             await self.host.close()
         finally:
             if self.pg is not None:

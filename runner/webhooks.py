@@ -38,6 +38,7 @@ from .supervisor import ActivationKey, ActivationSpec, Supervisor
 from .webhook_url import client_address
 from .webhook_verify import (
     MemoryReplayCache,
+    ReplayCache,
     RoutePolicyError,
     SignatureError,
     WebhookUrlSettings,
@@ -63,6 +64,8 @@ _DROPPED_RESPONSE_HEADERS: Final = frozenset(
     | {"access-control-allow-origin", "access-control-allow-credentials"}
 )
 NOT_FOUND: Final = "no such webhook"
+# The plugin a webhook request's slug resolved to, once the router knows it (for the metrics).
+WEBHOOK_PLUGIN: Final = web.RequestKey("webhook_plugin", str)
 
 _log = logging.getLogger(__name__)
 
@@ -102,13 +105,14 @@ class WebhookRouter:
         manifests: Mapping[str, Manifest],
         audit: AuditLog | None,
         settings: WebhookSettings | None = None,
+        replay: ReplayCache | None = None,
     ) -> None:
         self.settings = settings or WebhookSettings()
         self._supervisor = supervisor
         self._manifests = manifests
         self._audit = audit
         self._limiter = RouteTenantLimiter(self.settings.rate_per_minute)
-        self._replay = MemoryReplayCache()
+        self._replay: ReplayCache = replay or MemoryReplayCache()  # shared: `runner.pg`
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one webhook request (see the module docstring for every outcome)."""
@@ -150,11 +154,10 @@ class WebhookRouter:
         if TENANT_RE.fullmatch(tenant) is None:
             raise ApiError(404, "not_found", NOT_FOUND)
         manifest = next((m for m in self._manifests.values() if slug in (m.url_slug, m.id)), None)
-        spec = (
-            self._supervisor.spec_of(ActivationKey(tenant, manifest.id))
-            if manifest is not None
-            else None
-        )
+        spec = None
+        if manifest is not None:
+            request[WEBHOOK_PLUGIN] = manifest.id
+            spec = self._supervisor.spec_of(ActivationKey(tenant, manifest.id))
         route = _match_route(spec.manifest, rest) if spec is not None else None
         if spec is None or route is None:
             raise ApiError(404, "not_found", NOT_FOUND)  # the same for slug, tenant and route
@@ -225,9 +228,11 @@ class WebhookRouter:
         if not 200 <= answer.status <= 599 or len(answer.body) > self.settings.max_response_bytes:
             raise ApiError(502, "bad_gateway", "the plugin's answer was not usable")
         headers = CIMultiDict(
-            (k, v)
-            for k, v in answer.headers.items()
-            if k.lower() not in _DROPPED_RESPONSE_HEADERS and "\n" not in v and "\r" not in v
+            [
+                (k, v)
+                for k, v in answer.headers.items()
+                if k.lower() not in _DROPPED_RESPONSE_HEADERS and "\n" not in v and "\r" not in v
+            ]
         )
         return web.Response(status=answer.status, body=answer.body, headers=headers)
 
@@ -272,21 +277,34 @@ async def _read_bounded(request: web.Request, limit: int, timeout_s: float) -> b
     """
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise ApiError(413, "payload_too_large", f"this webhook takes at most {limit} bytes")
+        raise _too_large(limit)
+    content = request.content
     chunks: list[bytes] = []
     size = 0
+    if content.is_eof():
+        # The whole body arrived with the head (most callbacks are small): take it without
+        # waiting, so without arming a timer.
+        chunk = content.read_nowait(-1)
+        if len(chunk) > limit:
+            raise _too_large(limit)
+        if content.at_eof():
+            return chunk
+        chunks.append(chunk)  # not all of it after all (a decompressing reader): read on
+        size = len(chunk)
     try:
         async with asyncio.timeout(timeout_s):
-            while chunk := await request.content.read(_CHUNK):
+            while chunk := await content.read(_CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(
-                        413, "payload_too_large", f"this webhook takes at most {limit} bytes"
-                    )
+                    raise _too_large(limit)
                 chunks.append(chunk)
     except TimeoutError:
         raise ApiError(408, "request_timeout", "the body did not arrive in time") from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"this webhook takes at most {limit} bytes")
 
 
 WEBHOOKS: Final = web.AppKey("webhooks", WebhookRouter)

@@ -4,41 +4,116 @@ Records have exactly the file log's shape and hash rule (`runner.audit`): one ch
 host. Each append locks the `audit_head` row, computes the next link from it, inserts the record
 and moves the head in one transaction, so appends from all hosts are serialized and the chain
 never forks. The table refuses UPDATE and DELETE (a trigger); the chain shows any edit anyway.
+While the database cannot be reached, records wait in a bounded in-memory backlog, in order, with
+the time they happened, and are appended first once it is back (docs/scale-out.md says why).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from ..audit import canonical, seal_record
+from ..audit import FORMAT, canonical, line_hash
 from ..audit_verify import AuditProblem, AuditReport, verify_lines
 from .connect import CONNECTION_ERRORS, Connection, Pool, redact, unavailable
+from .errors import StoreUnavailableError
 
 SOURCE: Final = "audit_records"
+DEFAULT_MAX_BACKLOG: Final = 10_000
+_RETRY_EVERY_S: Final = 1.0  # an append finding a backlog tries to flush it at most this often
 _FETCH_BATCH: Final = 10_000
+_log = logging.getLogger(__name__)
 
 
 class PgAuditSink:
     """Append records to the `audit_records` chain; `AuditLog(settings, sink)` uses it.
 
-    Raises StoreUnavailableError when the database cannot be reached (nothing appended). An
-    append that has started completes even if the caller is cancelled meanwhile.
+    When the database cannot be reached, a record joins the backlog (at most `max_backlog`,
+    kept in order with the time it happened) and `append` returns it unsealed; the backlog is
+    appended before any newer record, by `flush` (called on reconnection) or by the next
+    append, at most once a second. With the backlog full, `append` raises
+    StoreUnavailableError and the record is lost (counted in `dropped`, logged). An append that
+    has started completes even if the caller is cancelled meanwhile.
     """
 
-    def __init__(self, pool: Pool, url: str) -> None:
+    def __init__(self, pool: Pool, url: str, *, max_backlog: int = DEFAULT_MAX_BACKLOG) -> None:
         self._pool = pool
         self._url = url
+        self.max_backlog = max_backlog
+        self.dropped = 0  # records lost because the backlog was full
+        self._backlog: deque[dict[str, Any]] = deque()
+        self._lock = asyncio.Lock()  # this host's appends and flushes, in order
+        self._next_retry = 0.0  # loop time
+
+    @property
+    def backlog(self) -> int:
+        """How many records wait for the database."""
+        return len(self._backlog)
 
     async def append(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Append `event` as the chain's next link, in one transaction; return the record."""
-        return await asyncio.shield(self._append(event))
+        """Append `event` as the chain's next link, in one transaction; return the record.
 
-    async def _append(self, event: dict[str, Any]) -> dict[str, Any]:
+        Raises StoreUnavailableError only when the database is unreachable and the backlog full.
+        """
+        stamped = {**event, "time": _now()}
+        return await asyncio.shield(self._append(stamped))
+
+    async def flush(self) -> int:
+        """Append the backlog in order; return how many went. Stops (keeping the rest) when
+        the database is still unreachable."""
+        async with self._lock:
+            return await self._flush()
+
+    async def _append(self, stamped: dict[str, Any]) -> dict[str, Any]:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            if self._backlog and loop.time() >= self._next_retry:
+                self._next_retry = loop.time() + _RETRY_EVERY_S
+                await self._flush()
+            if not self._backlog:
+                try:
+                    return await self._insert(stamped)
+                except StoreUnavailableError:
+                    pass
+            return self._buffer(stamped)
+
+    async def _flush(self) -> int:
+        sent = 0
+        while self._backlog:
+            try:
+                await self._insert(self._backlog[0])
+            except StoreUnavailableError:
+                break
+            self._backlog.popleft()
+            sent += 1
+        if sent and not self._backlog:
+            _log.warning("audit: %d buffered record(s) appended to the chain", sent)
+        return sent
+
+    def _buffer(self, stamped: dict[str, Any]) -> dict[str, Any]:
+        if len(self._backlog) >= self.max_backlog:
+            self.dropped += 1
+            _log.error(
+                "audit: the database is unreachable and %d records wait: %s was not kept",
+                len(self._backlog),
+                stamped.get("action"),
+            )
+            raise StoreUnavailableError(
+                f"PostgreSQL at {redact(self._url)} is unavailable and the audit backlog is full"
+            )
+        if not self._backlog:
+            _log.error("audit: the database is unreachable; records wait in memory")
+        self._backlog.append(stamped)
+        return stamped
+
+    async def _insert(self, stamped: dict[str, Any]) -> dict[str, Any]:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 head = await conn.fetchrow("SELECT seq, hash FROM audit_head FOR UPDATE")
-                record = seal_record(event, head["seq"] + 1, head["hash"])
+                record = _seal(stamped, head["seq"] + 1, head["hash"])
                 await conn.execute(
                     "INSERT INTO audit_records (seq, hash, record) VALUES ($1, $2, $3)",
                     record["seq"],
@@ -51,6 +126,17 @@ class PgAuditSink:
         except CONNECTION_ERRORS as exc:
             raise unavailable(self._url, exc) from exc
         return record
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _seal(stamped: dict[str, Any], seq: int, prev: str) -> dict[str, Any]:
+    """`runner.audit.seal_record`, keeping the time the event happened (it may have waited)."""
+    record = {**stamped, "v": FORMAT, "seq": seq, "prev": prev}
+    record["hash"] = line_hash(record)
+    return record
 
 
 async def verify_database(conn: Connection) -> AuditReport:

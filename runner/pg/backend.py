@@ -2,7 +2,8 @@
 
 `Service.start` opens it when `CORRAL_STORE` is set: the schema must be this code's (run
 `corral store migrate` first); the config store, the audit sink, the replay cache and the shared
-bundles all use the one pool. What reacts to other hosts' changes (LISTEN) is not here.
+bundles all use the one pool. What reacts to other hosts' changes (LISTEN) is
+`runner.pg.follower`.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ class PgBackend:
         return await PgConfigStore.open(
             self.pool, self.url, settings, secret_fields=secret_fields, audit=audit
         )
+
+    async def ping(self) -> None:
+        """Run one trivial query; raise StoreUnavailableError when the database is unreachable.
+
+        Unbounded beyond the pool's own timeouts: callers bound it (`asyncio.timeout`).
+        """
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(self.url, exc) from exc
 
     @property
     def location(self) -> str:

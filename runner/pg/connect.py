@@ -31,6 +31,10 @@ CONNECTION_ERRORS: Final = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,  # the backend was terminated, or the server shuts down
+    # A pooled connection whose backend was terminated while idle can report this on its next
+    # use, before asyncpg has seen the connection close.
+    asyncpg.InternalClientError,
     asyncpg.InvalidAuthorizationSpecificationError,
     asyncpg.InvalidPasswordError,
     asyncpg.InvalidCatalogNameError,

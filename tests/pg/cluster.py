@@ -78,20 +78,32 @@ def start_cluster() -> Cluster:
     done = subprocess.run(_as_owner(run), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"initdb failed: {done.stderr or done.stdout}")
+    cluster = Cluster(root, port)
+    start_server(cluster)
+    return cluster
+
+
+def start_server(cluster: Cluster) -> None:
+    """Start the cluster's server (again, after `stop_server`); wait until it accepts."""
+    root = cluster.root
     options = (
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+        f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
-    start = [_binary("pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w"]
-    done = subprocess.run(_as_owner([*start, "start"]), capture_output=True, text=True)
+    start = [_binary("pg_ctl"), "-D", str(root / "data"), "-o", options, "-l", str(root / "log")]
+    done = subprocess.run(_as_owner([*start, "-w", "start"]), capture_output=True, text=True)
     if done.returncode != 0:
         log = (root / "log").read_text() if (root / "log").exists() else ""
         raise RuntimeError(f"pg_ctl start failed: {done.stderr}{log}")
-    return Cluster(root, port)
+
+
+def stop_server(cluster: Cluster) -> None:
+    """Stop the server (fast mode: sessions are terminated), keeping its data."""
+    stop = [_binary("pg_ctl"), "-D", str(cluster.root / "data"), "-m", "fast", "-w", "stop"]
+    subprocess.run(_as_owner(stop), capture_output=True, check=False)
 
 
 def stop_cluster(cluster: Cluster) -> None:
     """Stop the cluster (fast mode) and remove its directory."""
-    stop = [_binary("pg_ctl"), "-D", str(cluster.root / "data"), "-m", "fast", "-w", "stop"]
-    subprocess.run(_as_owner(stop), capture_output=True, check=False)
+    stop_server(cluster)
     shutil.rmtree(cluster.root, ignore_errors=True)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from runner.cli import main
-from runner.pg import LATEST
+from runner.config_settings import ConfigSettings
+from runner.pg import LATEST, PgBackend
 from runner.serve_check import check
 
 
@@ -78,3 +82,63 @@ def test_serve_check_checks_the_database_and_its_schema(
     capsys.readouterr()
     current = {c.name: c for c in check(environ).checks}["config_store"]
     assert current.ok and f"schema version {LATEST}" in current.detail
+
+
+def test_rotate_key_rotates_the_shared_document(
+    migrated_url: str,
+    cli_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("CORRAL_STORE", migrated_url)
+    monkeypatch.setenv("CORRAL_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
+
+    async def key_ids() -> list[str]:
+        conn = await asyncpg.connect(migrated_url)
+        try:
+            return [r["key_id"] for r in await conn.fetch("SELECT key_id FROM secret_keys")]
+        finally:
+            await conn.close()
+
+    async def open_once() -> None:  # the first host: creates the document and the key file
+        pg = await PgBackend.connect(migrated_url)
+        try:
+            await pg.open_config(ConfigSettings.from_env(os.environ, state_dir=tmp_path))
+        finally:
+            await pg.close()
+
+    asyncio.run(open_once())
+    (old,) = asyncio.run(key_ids())
+    status, rotated = run(["config", "rotate-key", "--json"], capsys)
+    assert status == 0 and rotated["retired"] == [old]
+    assert asyncio.run(key_ids()) == [rotated["key_id"]] != [old]
+
+
+def test_keys_and_tenants_commands_use_the_database_when_corral_store_is_set(
+    migrated_url: str,
+    cli_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CORRAL_STORE", migrated_url)
+    argv = ["keys", "create", "--name", "ops", "--scope", "admin:plugins:read", "--json"]
+    status, created = run(argv, capsys)
+    assert status == 0, created
+    record = created["record"]
+    assert isinstance(record, dict)
+    status, listed = run(["keys", "list", "--json"], capsys)
+    assert status == 0 and [k["id"] for k in listed["keys"]] == [record["id"]]  # type: ignore[union-attr]
+    status, revoked = run(["keys", "revoke", str(record["id"]), "--json"], capsys)
+    assert status == 0, revoked
+
+    async def stored() -> str:
+        connection = await asyncpg.connect(migrated_url)
+        try:
+            return str(await connection.fetchval("SELECT max(version) FROM config_versions"))
+        finally:
+            await connection.close()
+
+    assert int(asyncio.run(stored())) >= 2  # created and revoked: versions in the database
+    document = Path(os.environ["CORRAL_STATE_DIR"]) / "config" / "corral.config.json"
+    assert not document.exists()  # the key file is local; the document is not
