@@ -350,6 +350,11 @@ class Endpoint:
         msgid = self._allocate_msgid()
         loop = self._loop or self._running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if self._pending:
+            # Other calls are in flight: calls started by the same loop iteration (a burst of
+            # webhooks, say) go out in one write, and wake the peer once. A lone call is
+            # written at once.
+            self._out.cork(loop)
         self._pending[msgid] = future
         deadline_s = self.call_timeout_s if timeout_s is None else timeout_s
         try:
