@@ -15,7 +15,6 @@ import logging
 import resource
 import signal
 import ssl
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -165,14 +164,13 @@ def _announce(service: Service, settings: DaemonSettings) -> str:
     key_note = (
         f"; bootstrap API key in {service.bootstrap_key_file}" if service.bootstrap_key_file else ""
     )
-    print(
+    _log.info(
+        "%s",
         f"corral {__version__}: {url} (state {service.host.settings.state_dir}, config "
         f"{service.store.path}, profile {service.host.settings.profile}, sandbox "
         f"{service.host.sandbox.settings.mode}); verified plugins: {loaded}; "
         f"{service.restored} activation(s) restored{key_note}. Admin API at /api/v1 "
         f"(OpenAPI: /api/v1/openapi.json); webhooks at /webhook/{{slug}}/{{tenant}}/....",
-        file=sys.stderr,
-        flush=True,
     )
     return url
 
