@@ -41,7 +41,7 @@ from aiohttp import web  # noqa: E402
 from runner.digest import tree_digest  # noqa: E402
 from runner.sandboxing import SandboxSettings  # noqa: E402
 from runner.service import Service, ServiceSettings  # noqa: E402
-from runner.slot import WatchSettings, WorkerState  # noqa: E402
+from runner.slot_types import WatchSettings, WorkerState  # noqa: E402
 
 SCRIPT: Final = Path(__file__).resolve()
 PLUGIN_DIR: Final = ROOT / "bench" / "plugins" / "scale_bench"

@@ -25,7 +25,7 @@ from .install_errors import InstallError
 from .launcher import WorkerLauncher
 from .restart_policy import RestartSettings
 from .sandboxing import SandboxSettings, SandboxUnavailableError, WorkerSandbox
-from .slot import CircuitOpenError, UnavailableError, WatchSettings, WorkerState
+from .slot_types import CircuitOpenError, UnavailableError, WatchSettings, WorkerState
 from .spawn import ColdSpawner, ForkServerSpawner, LaunchRequest, unconfined
 from .supervisor import (
     GLOBAL,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from .control import Workers
 from .keys import Scope
-from .slot import WorkerState
+from .slot_types import WorkerState
 
 
 class _Model(BaseModel):

@@ -48,7 +48,7 @@ from .install_verify import PluginStatus
 from .launcher import WorkerLauncher
 from .restart_policy import RestartSettings
 from .sandboxing import SandboxSettings, WorkerSandbox
-from .slot import WatchSettings
+from .slot_types import WatchSettings
 from .spawn import ForkServerSpawner
 from .supervisor import GLOBAL, ActivationKey, ActivationSpec, Supervisor
 from .worker import PluginWorker

@@ -28,7 +28,7 @@ from .keys import Scope
 from .middleware import rate_limits_of
 from .openapi import documented
 from .ratelimit import AdminRateLimits, RateLimitedError
-from .slot import WorkerState
+from .slot_types import WorkerState
 from .webhooks import WEBHOOK_PLUGIN, webhook
 
 PUBLIC_ENV: Final = "CORRAL_METRICS_PUBLIC"

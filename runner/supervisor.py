@@ -26,7 +26,8 @@ from protocol import Manifest
 from .errors import RunnerError
 from .logs import log_context
 from .restart_policy import RestartSettings
-from .slot import Slot, SlotStatus, WatchSettings
+from .slot import Slot
+from .slot_types import SlotStatus, WatchSettings
 from .worker import CallObserver, PluginWorker
 
 GLOBAL: Final = "global"

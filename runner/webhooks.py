@@ -33,7 +33,7 @@ from .logs import bind_log_context
 from .middleware import TENANT, request_id_of
 from .openapi import documented
 from .ratelimit import RouteTenantLimiter
-from .slot import UnavailableError
+from .slot_types import UnavailableError
 from .supervisor import ActivationKey, ActivationSpec, Supervisor
 from .webhook_url import client_address
 from .webhook_verify import (

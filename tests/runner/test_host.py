@@ -15,7 +15,7 @@ from protocol import ErrorCode, RemoteError
 from protocol.categories.notification_channel import SendNotification
 from protocol.categories.outbound_fax import FaxQuery
 from runner.host import Host, HostSettings, PluginNotInstalledError
-from runner.slot import UnavailableError, WorkerState
+from runner.slot_types import UnavailableError, WorkerState
 from runner.supervisor import ActivationKey
 from sandbox import Mode
 

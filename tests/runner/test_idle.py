@@ -18,7 +18,7 @@ from protocol import load_manifest
 from protocol.categories.input_validator import ValidationInput, ValidationResult
 from runner.launcher import WorkerLauncher
 from runner.restart_policy import RestartSettings
-from runner.slot import IDLE_ENV, WatchSettings, WorkerState, idle_seconds_from_env
+from runner.slot_types import IDLE_ENV, WatchSettings, WorkerState, idle_seconds_from_env
 from runner.supervisor import ActivationKey, ActivationNotFoundError, ActivationSpec, Supervisor
 from runner.worker import PluginWorker
 from tests.runner.api_harness import HOOKS, running_api

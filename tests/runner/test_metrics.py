@@ -13,7 +13,7 @@ from runner.errors import WorkerStartError
 from runner.metrics import MetricsSettingsError, metrics_public_from_env
 from runner.ratelimit import RateLimitSettings
 from runner.restart_policy import RestartSettings
-from runner.slot import WatchSettings, WorkerState
+from runner.slot_types import WatchSettings, WorkerState
 from runner.supervisor import ActivationSpec, Supervisor
 from runner.worker import PluginWorker
 from tests.runner.api_harness import (

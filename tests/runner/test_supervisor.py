@@ -15,7 +15,7 @@ from protocol import CallTimeoutError, load_manifest
 from protocol.categories.input_validator import ValidationInput, ValidationResult
 from runner.launcher import WorkerLauncher
 from runner.restart_policy import RestartSettings
-from runner.slot import CircuitOpenError, UnavailableError, WatchSettings, WorkerState
+from runner.slot_types import CircuitOpenError, UnavailableError, WatchSettings, WorkerState
 from runner.supervisor import (
     GLOBAL,
     ActivationKey,
