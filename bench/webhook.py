@@ -588,8 +588,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),
-        default="asyncio",
-        help="event loop of the bare handler (default asyncio, as `corral serve`)",
+        default=None,
+        help="event loop of the bare handler (default: the one `corral serve` uses, uvloop "
+        "unless CORRAL_UVLOOP=0 or it is not installed)",
     )
     parser.add_argument(
         "--compare",
@@ -612,6 +613,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its report; exit 0 once measured, 3 when wrk is missing."""
     args = _parse(argv)
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+    if args.loop is None:
+        from runner.serve_cli import _loop_factory as serve_loop  # the daemon's own choice
+
+        args.loop = "asyncio" if serve_loop() is None else "uvloop"
     if args.bare_child:
         with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:  # as `corral serve`
             runner.run(_bare_child())
