@@ -102,7 +102,9 @@ class DaemonSettings(BaseModel):
     worker_idle_seconds: float = _text(
         "stop a worker after this long without a call (0: never)", default=0.0, ge=0
     )
-    uvloop: bool = _text("false runs the host's and the workers' event loops on plain asyncio", default=True)
+    uvloop: bool = _text(
+        "false runs the host's and the workers' event loops on plain asyncio", default=True
+    )
     log_format: Literal["json", "text", "auto"] = _text(
         "host log lines: JSON, readable text, or `auto` (text on a terminal, else JSON)",
         default="auto",
