@@ -11,6 +11,7 @@ the time they happened, and are appended first once it is back (docs/scale-out.m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from datetime import UTC, datetime
@@ -33,8 +34,9 @@ class PgAuditSink:
 
     When the database cannot be reached, a record joins the backlog (at most `max_backlog`,
     kept in order with the time it happened) and `append` returns it unsealed; the backlog is
-    appended before any newer record, by `flush` (called on reconnection) or by the next
-    append, at most once a second. With the backlog full, `append` raises
+    appended before any newer record, by `flush` (called on reconnection), by the next append,
+    or by the sink's own retry task, at most once a second each, so a backlog never waits for a
+    next act to be written. `close` stops that task. With the backlog full, `append` raises
     StoreUnavailableError and the record is lost (counted in `dropped`, logged). An append that
     has started completes even if the caller is cancelled meanwhile.
     """
@@ -47,6 +49,7 @@ class PgAuditSink:
         self._backlog: deque[dict[str, Any]] = deque()
         self._lock = asyncio.Lock()  # this host's appends and flushes, in order
         self._next_retry = 0.0  # loop time
+        self._retrier: asyncio.Task[None] | None = None  # flushes the backlog until it is empty
 
     @property
     def backlog(self) -> int:
@@ -66,6 +69,23 @@ class PgAuditSink:
         the database is still unreachable."""
         async with self._lock:
             return await self._flush()
+
+    async def close(self) -> None:
+        """Stop retrying the backlog (what still waits is lost with the process). Idempotent."""
+        retrier, self._retrier = self._retrier, None
+        if retrier is not None:
+            retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retrier
+
+    async def _retry_backlog(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._backlog:
+            await asyncio.sleep(max(self._next_retry - loop.time(), _RETRY_EVERY_S / 10))
+            async with self._lock:
+                if self._backlog and loop.time() >= self._next_retry:
+                    self._next_retry = loop.time() + _RETRY_EVERY_S
+                    await self._flush()
 
     async def _append(self, stamped: dict[str, Any]) -> dict[str, Any]:
         async with self._lock:
@@ -107,6 +127,10 @@ class PgAuditSink:
         if not self._backlog:
             _log.error("audit: the database is unreachable; records wait in memory")
         self._backlog.append(stamped)
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.get_running_loop().create_task(
+                self._retry_backlog(), name="audit-backlog"
+            )
         return stamped
 
     async def _insert(self, stamped: dict[str, Any]) -> dict[str, Any]:

@@ -92,6 +92,7 @@ class PgBackend:
 
     async def close(self) -> None:
         """Close the pool, waiting a bounded time for connections in use (then terminating)."""
+        await self.audit_sink.close()
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                 await self.pool.close()

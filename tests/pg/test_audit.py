@@ -12,6 +12,7 @@ import pytest
 from runner.audit import AuditFieldError, AuditLog, AuditSettings, line_hash
 from runner.cli import main
 from runner.pg import PgAuditSink, verify_database
+from tests.pg.cluster import Cluster, start_server, stop_server
 
 
 def audit_log(pool: asyncpg.Pool, url: str, tmp_path: Path) -> AuditLog:
@@ -91,3 +92,33 @@ def test_corral_audit_verify_checks_the_database_when_the_store_is_postgresql(
     assert main(["audit", "verify", "--json", "--state-dir", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["intact"] and out["lines"] == 1 and out["files"] == ["audit_records"]
+
+
+async def test_a_backlog_reaches_the_chain_without_waiting_for_another_act(
+    pg_cluster: Cluster, migrated_url: str, tmp_path: Path
+) -> None:
+    pool = await asyncpg.create_pool(migrated_url, min_size=1, max_size=2)
+    sink = PgAuditSink(pool, migrated_url)
+    log = AuditLog(AuditSettings(path=tmp_path / "unused.log"), sink)
+    try:
+        await log.record("config.update", tenant="t1", details={"when": "before"})
+        await asyncio.to_thread(stop_server, pg_cluster)
+        try:
+            await log.record("config.update", tenant="t1", details={"when": "during"})
+            assert sink.backlog == 1
+        finally:
+            await asyncio.to_thread(start_server, pg_cluster)
+        async with asyncio.timeout(30):  # no further record, no flush(): the sink retries
+            while sink.backlog:
+                await asyncio.sleep(0.05)
+        conn = await asyncpg.connect(migrated_url)
+        try:
+            rows = await conn.fetch("SELECT record FROM audit_records ORDER BY seq")
+            report = await verify_database(conn)
+        finally:
+            await conn.close()
+        assert [json.loads(r["record"])["details"]["when"] for r in rows] == ["before", "during"]
+        assert report.is_intact, report.problems
+    finally:
+        await sink.close()
+        await pool.close()
