@@ -20,7 +20,6 @@ from typing import Any
 
 from protocol import tune_allocator
 
-from .daemon import kill_descendants, run
 from .daemon_settings import (
     CONFIG_FILE_VARIABLE,
     DaemonSettingsError,
@@ -31,7 +30,6 @@ from .daemon_settings import (
 from .errors import RunnerError
 from .logs import configure_logging
 from .sd_notify import Notifier
-from .serve_check import check, format_report
 
 _log = logging.getLogger(__name__)
 
@@ -50,6 +48,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _serve(args: argparse.Namespace) -> int:
     if args.check:
         return _check(args)
+    from .daemon import kill_descendants, run  # the whole host: only when serving
+
     environ = dict(os.environ)
     try:
         settings = load_daemon_settings(environ, args.config, _overrides(args))
@@ -81,6 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from .serve_check import check, format_report  # opens every subsystem's settings
+
     report = check(dict(os.environ), args.config, _overrides(args))
     if args.json:
         print(json.dumps(report.as_json()))
