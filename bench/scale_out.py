@@ -20,27 +20,20 @@ import itertools
 import json
 import os
 import platform
-import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-BUNDLE: Final = Path(__file__).resolve().parent / "plugins" / "webhook_bench"
-PLUGIN_ID: Final = "dev.corral.bench.webhook"
-TENANT: Final = "bench"
+from serving import ROOT, Child, activate, copy_bundle, free_port, run_wrk, stop, trust
+
 PATH: Final = "/webhook/bench/bench/open"
 START_TIMEOUT_S: Final = 60.0
-STOP_TIMEOUT_S: Final = 30.0
 WRK_SCRIPT: Final = """
 wrk.method = "POST"
 wrk.body = '{"event":"message.status","status":"delivered"}'
@@ -90,37 +83,6 @@ async def _proxy(port: int, upstreams: Sequence[int]) -> None:
 # -- processes ----------------------------------------------------------------------------
 
 
-@dataclass
-class Child:
-    """A server child: its process, its port and its log."""
-
-    process: asyncio.subprocess.Process
-    port: int
-    log: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; always reap."""
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
 async def _wait_http(child: Child, path: str, status: int = 200) -> None:
     import aiohttp
 
@@ -143,7 +105,7 @@ async def _host(work: Path, name: str, env: dict[str, str]) -> AsyncIterator[Chi
     """Run `corral serve` with its own state dir under `work` and the shared `env`."""
     state = work / name
     state.mkdir(mode=0o755)
-    port = _free_port()
+    port = free_port()
     log = work / f"{name}.log"
     argv = [sys.executable, "-m", "runner.cli", "serve", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--state-dir", str(state)]
@@ -156,12 +118,12 @@ async def _host(work: Path, name: str, env: dict[str, str]) -> AsyncIterator[Chi
         await _wait_http(child, "/readyz")
         yield child
     finally:
-        await _stop(process)
+        await stop(process)
 
 
 @contextlib.asynccontextmanager
 async def _balancer(work: Path, upstreams: Sequence[int]) -> AsyncIterator[Child]:
-    port = _free_port()
+    port = free_port()
     log = work / f"proxy-{len(upstreams)}.log"
     argv = [sys.executable, __file__, "--proxy", str(port), *map(str, upstreams)]
     with log.open("wb") as sink:
@@ -176,7 +138,7 @@ async def _balancer(work: Path, upstreams: Sequence[int]) -> AsyncIterator[Child
             raise RuntimeError(f"the proxy did not start: {log.read_text()[-2000:]}")
         yield Child(process, port, log)
     finally:
-        await _stop(process)
+        await stop(process)
 
 
 # -- set-up -------------------------------------------------------------------------------
@@ -184,17 +146,8 @@ async def _balancer(work: Path, upstreams: Sequence[int]) -> AsyncIterator[Child
 
 def _trust(work: Path) -> Path:
     """Copy the bench bundle and trust it next to the shipped plugins; return the copy."""
-    from runner.checksums import bundle_checksum, checksum_line, load_checksums
-
-    bundle = work / "webhook_bench"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("__pycache__"))
-    shipped = load_checksums(ROOT / "checksums.txt")
-    lines = [checksum_line(e.sha256, str(shipped.base_dir / e.name)) for e in shipped.entries]
-    lines.append(checksum_line(bundle_checksum(bundle), str(bundle)))
-    (work / "checksums.txt").write_text("".join(line + "\n" for line in lines))
-    allowlist = (ROOT / "allowlist.toml").read_text()
-    allowlist += f'\n[[plugin]]\nid = "{PLUGIN_ID}"\nversions = ">=1.0.0,<2.0.0"\n'
-    (work / "allowlist.toml").write_text(allowlist)
+    bundle = copy_bundle(work)
+    trust(bundle, work)
     return bundle
 
 
@@ -217,40 +170,13 @@ async def _database(cluster: Any) -> str:
     return url
 
 
-async def _activate(host: Child, key: str, bundle: Path) -> None:
-    import aiohttp
-
-    headers = {"X-API-Key": key}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-        install = {"path": str(bundle)}
-        async with http.post(
-            host.url("/api/v1/admin/plugins"), json=install, headers=headers
-        ) as answer:
-            if answer.status != 201:
-                raise RuntimeError(f"install answered {answer.status}: {await answer.text()}")
-        config = {"enabled": True, "settings": {"secret": "bench-secret"}}
-        url = host.url(f"/plugins/{PLUGIN_ID}/config?tenant_id={TENANT}")
-        async with http.put(url, json=config, headers=headers) as answer:
-            if answer.status != 200:
-                raise RuntimeError(f"activation answered {answer.status}: {await answer.text()}")
-
-
 # -- measuring ----------------------------------------------------------------------------
 
 
 async def _wrk(wrk: str, url: str, script: Path, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s"]
-    argv += ["--timeout", "10s", "-s", str(script), url]
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    return await run_wrk(
+        wrk, url, script, threads=args.threads, connections=args.connections, seconds=args.seconds
     )
-    async with asyncio.timeout(args.seconds + 60):
-        out, err = await process.communicate()
-    match = re.search(rb"^WRKJSON (.*)$", out, re.MULTILINE)
-    if process.returncode != 0 or match is None:
-        raise RuntimeError(f"wrk failed ({process.returncode}): {err.decode()[-500:]}")
-    result: dict[str, Any] = json.loads(match.group(1))
-    return result
 
 
 async def _run(wrk: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -280,7 +206,7 @@ async def _run(wrk: str, args: argparse.Namespace) -> dict[str, Any]:
             hosts = [first]
             for n in range(2, args.hosts + 1):
                 hosts.append(await stack.enter_async_context(_host(work, f"host{n}", env)))
-            await _activate(first, key, bundle)
+            await activate(first, key, bundle, "bench-secret")
             for host in hosts:
                 await _wait_http(host, PATH)  # the activation reached every host
             subjects: dict[str, str] = {"1 host, direct": first.url(PATH)}

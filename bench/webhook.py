@@ -18,10 +18,8 @@ import hmac
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,11 +29,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-BUNDLE: Final = Path(__file__).resolve().parent / "plugins" / "webhook_bench"
-PLUGIN_ID: Final = "dev.corral.bench.webhook"
+from serving import ROOT, TENANT, Child, activate, copy_bundle, free_port, run_wrk, stop, trust
+
 SLUG: Final = "bench"
-TENANT: Final = "bench"
 SECRET: Final = "bench-webhook-secret-0123456789"
 # A provider-style status callback: small, JSON, the same bytes to every subject.
 BODY: Final = json.dumps(
@@ -54,7 +50,6 @@ SIGNATURE: Final = hmac.new(SECRET.encode(), BODY, hashlib.sha256).hexdigest()
 RATE_PER_MINUTE: Final = "1000000000"
 WRK_MISSING_EXIT: Final = 3
 START_TIMEOUT_S: Final = 60.0
-STOP_TIMEOUT_S: Final = 30.0
 TARGET_RATIO: Final = 0.8  # issue 6: webhook requests/s >= 0.8x the bare handler's
 
 # (subject, what it is); the URL of each is built in `_run`.
@@ -154,55 +149,15 @@ def _ensure_wrk(may_install: bool) -> str | None:
 
 def _prepare_state(work: Path, instances: int) -> Path:
     """Copy the bench bundle (with `instances`), and trust it next to the shipped plugins."""
-    from runner.checksums import bundle_checksum, checksum_line, load_checksums
-
     state = work / "state"
     state.mkdir(mode=0o755)
-    bundle = work / "webhook_bench"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("__pycache__"))
+    bundle = copy_bundle(work)
     manifest = bundle / "plugin.toml"
     text = manifest.read_text()
     marker = 'kind = "webhook_handler"\n'
     manifest.write_text(text.replace(marker, f"{marker}instances = {instances}\n", 1))
-    shipped = load_checksums(ROOT / "checksums.txt")
-    lines = [checksum_line(e.sha256, str(shipped.base_dir / e.name)) for e in shipped.entries]
-    lines.append(checksum_line(bundle_checksum(bundle), str(bundle)))
-    (state / "checksums.txt").write_text("".join(line + "\n" for line in lines))
-    allowlist = (ROOT / "allowlist.toml").read_text()
-    allowlist += f'\n[[plugin]]\nid = "{PLUGIN_ID}"\nversions = ">=1.0.0,<2.0.0"\n'
-    (state / "allowlist.toml").write_text(allowlist)
+    trust(bundle, state)
     return bundle
-
-
-@dataclasses.dataclass
-class Child:
-    """A server child: its process, port, and where its log goes."""
-
-    process: asyncio.subprocess.Process
-    port: int
-    log: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; always reap."""
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 def _failed(role: str, log: Path) -> RuntimeError:
@@ -227,7 +182,7 @@ async def _corral_serve(
         PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])),
     )
     env.update(extra_env or {})
-    port = _free_port()
+    port = free_port()
     log = work / "corral-serve.log"
     argv = [sys.executable, "-m", "runner.cli", "serve", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--state-dir", str(state)]
@@ -249,7 +204,7 @@ async def _corral_serve(
                 await asyncio.sleep(0.1)
         yield child
     finally:
-        await _stop(process)
+        await stop(process)
 
 
 @contextlib.asynccontextmanager
@@ -269,29 +224,12 @@ async def _bare_server(work: Path, loop: str) -> AsyncIterator[Child]:
             raise _failed("bare", log)
         yield Child(process, int(line.split()[1]), log)
     finally:
-        await _stop(process)
+        await stop(process)
 
 
 async def _activate(host: Child, state: Path, bundle: Path) -> None:
     """Install the bench bundle and activate it for the bench tenant, through the admin API."""
-    import aiohttp
-
-    key = (state / "bootstrap-key").read_text().strip()
-    headers = {"X-API-Key": key}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-        async with http.post(
-            host.url("/api/v1/admin/plugins"), json={"path": str(bundle)}, headers=headers
-        ) as answer:
-            if answer.status != 201:
-                raise RuntimeError(f"install answered {answer.status}: {await answer.text()}")
-        config = {"enabled": True, "settings": {"secret": SECRET}}
-        async with http.put(
-            host.url(f"/plugins/{PLUGIN_ID}/config?tenant_id={TENANT}"),
-            json=config,
-            headers=headers,
-        ) as answer:
-            if answer.status != 200:
-                raise RuntimeError(f"activation answered {answer.status}: {await answer.text()}")
+    await activate(host, (state / "bootstrap-key").read_text().strip(), bundle, SECRET)
 
 
 async def _check(urls: dict[str, str]) -> None:
@@ -332,17 +270,9 @@ def _descendants(pid: int) -> list[int]:
 
 async def _wrk(wrk: str, url: str, script: Path, args: argparse.Namespace, seconds: int) -> Any:
     """Run wrk against `url` for `seconds`; return what its `done` hook reported."""
-    argv = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s"]
-    argv += ["--timeout", "10s", "-s", str(script), url]
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    return await run_wrk(
+        wrk, url, script, threads=args.threads, connections=args.connections, seconds=seconds
     )
-    async with asyncio.timeout(seconds + 60):
-        out, err = await process.communicate()
-    match = re.search(rb"^WRKJSON (.*)$", out, re.MULTILINE)
-    if process.returncode != 0 or match is None:
-        raise RuntimeError(f"wrk failed ({process.returncode}): {err.decode()[-500:]}")
-    return json.loads(match.group(1))
 
 
 async def _measure(

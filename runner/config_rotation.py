@@ -32,6 +32,16 @@ class KeyRotation:
     files: list[str]  # the document and the backups rewritten with the new key
     skipped: dict[str, str]  # backups left as they were (unreadable), and why
 
+    def audit_details(self) -> dict[str, str | int]:
+        """Return what `config.rotate_key` records: counts and ids, never key material."""
+        return {
+            "key_id": self.key_id,
+            "retired": ",".join(self.retired),
+            "secrets": self.secrets,
+            "files": len(self.files),
+            "skipped": len(self.skipped),
+        }
+
 
 def rotate_key(
     path: Path,

@@ -230,14 +230,7 @@ class JsonConfigStore:
         except ConfigError as exc:
             await self._record("config.rotate_key", "error", {"reason": str(exc)})
             raise
-        details = {
-            "key_id": rotation.key_id,
-            "retired": ",".join(rotation.retired),
-            "secrets": rotation.secrets,
-            "files": len(rotation.files),
-            "skipped": len(rotation.skipped),
-        }
-        await self._record("config.rotate_key", "success", details)
+        await self._record("config.rotate_key", "success", rotation.audit_details())
         return rotation
 
     def features(self, snapshot: ConfigSnapshot) -> Features:
