@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from .deadlines import Deadlines
+from .eager import EagerStarter
 from .errors import (
     CallTimeoutError,
     ConnectionClosedError,
@@ -137,6 +138,7 @@ class Endpoint:
         self._writer = writer
         self._out = FrameWriter(writer, max_frame_bytes)
         self._frames_read = 0
+        self._frames_before_feed = 0
         self._codec = MessageCodec()
         self._log = logger or _log
         self._routes: dict[str, _Route] = {}
@@ -155,6 +157,7 @@ class Endpoint:
         self._reader_task: asyncio.Task[None] | None = None
         # asyncio.get_running_loop() costs a getpid() syscall on CPython 3.11: look it up once.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._starter: EagerStarter | None = None
         self._closed = asyncio.Event()
         self._close_reason: str | None = None
         self._shutting_down = False
@@ -262,18 +265,11 @@ class Endpoint:
             raise FrameError("stream ended inside a frame")
 
     def _feed(self, chunk: bytes) -> None:
-        before = self._frames_read
+        self._frames_before_feed = self._frames_read
         try:
             self._parser.feed(chunk)
         except FrameError as exc:
             self._break(exc)
-            return
-        if self._frames_read - before > 1:
-            # The calls this read started, and the callers it woke, run next: what they write is
-            # sent in writes of a few frames instead of one write (and one wake-up of the peer)
-            # per frame. A few, not all: with one write per read the two processes would take
-            # turns instead of working at once. The answer to a lone frame is written at once.
-            self._out.cork(self._loop or self._running_loop())
 
     def _break(self, error: FrameError) -> None:
         """Stop reading because the peer broke the protocol; `run` then closes the session."""
@@ -315,6 +311,8 @@ class Endpoint:
         for task in tasks:
             if task is not current:
                 task.cancel()
+        if self._starter is not None:
+            tasks += self._starter.close()
         for task in tasks:
             if task is not current:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -426,7 +424,7 @@ class Endpoint:
     def _send_now(self, message: Message) -> bool:
         """Write `message`; return whether the caller must then await `_drain()`."""
         try:
-            self._write(message)
+            self._out.write(self._codec.encode(message))  # `_write`, one call less per message
         except (ConnectionError, RuntimeError) as exc:
             raise ConnectionClosedError(f"cannot write to peer: {exc}") from exc
         return self._out.must_drain
@@ -441,6 +439,12 @@ class Endpoint:
 
     def _on_frame(self, frame: Buffer) -> None:
         self._frames_read += 1
+        if self._frames_read - self._frames_before_feed == 2:
+            # A read with several frames: the calls it starts, and the callers it wakes, write
+            # in writes of a few frames instead of one write (and one wake-up of the peer) per
+            # frame. A few, not all: with one write per read the two processes would take turns
+            # instead of working at once. The answer to a lone frame is written at once.
+            self._out.cork(self._loop or self._running_loop())
         message = self._codec.decode_lazy(frame)
         size = len(frame)
         if isinstance(message, LazyRequest):
@@ -454,6 +458,8 @@ class Endpoint:
                 self._start(request, size, route)
         elif self._backlog:
             self._hold((message, size, None))
+        elif type(message) is Response:  # the commonest message, without `_dispatch`'s tests
+            self._resolve(message)
         else:
             self._dispatch(message, size, None)
 
@@ -505,11 +511,15 @@ class Endpoint:
             raise FrameError(f"duplicate msgid {request.msgid} for a call still in flight")
         self._free_slots -= 1
         self._serving_bytes += size
-        task = (self._loop or self._running_loop()).create_task(
-            self._serve(request, size, route), name=self.name
-        )
-        if not task.done():  # with an eager task factory it may have finished already
+        # Most handlers answer without waiting: they run, and answer, right here (protocol.eager).
+        starter = self._starter or self._eager_starter()
+        task = starter.start(self._serve(request, size, route))
+        if task is not None and not task.done():
             self._serving[request.msgid] = task
+
+    def _eager_starter(self) -> EagerStarter:
+        self._starter = EagerStarter(self._running_loop(), self.name)
+        return self._starter
 
     def _resolve(self, response: Response) -> None:
         future = self._pending.get(response.msgid)
@@ -531,7 +541,13 @@ class Endpoint:
             # Cancel from the ready queue, not here: the `$/cancel` may share a read with its
             # request, and a task cancelled before its first step never enters `_serve`'s `try`.
             # Its first step was queued when it was created, so it runs first.
-            self._running_loop().call_soon(task.cancel)
+            self._running_loop().call_soon(self._cancel_serving, msgid, task)
+
+    def _cancel_serving(self, msgid: int, task: asyncio.Task[None]) -> None:
+        # Only if it still serves that call: a pooled task (protocol.eager) may have finished it
+        # and gone on to another since the `$/cancel` was read.
+        if self._serving.get(msgid) is task:
+            task.cancel()
 
     async def _serve(self, request: Request, size: int, route: _Route | None) -> None:
         # The slot and the bytes are held until the reply has been written and drained, so a peer

@@ -1,8 +1,8 @@
 """Length-prefixed frames: a 4-byte big-endian length, then that many bytes of msgpack.
 
-`FrameParser` cuts frames out of whatever chunks arrive, without copying small frames and with one
-copy for large ones; `FrameReader` drives it from a StreamReader, and an `Endpoint` drives it from
-a `streams.FrameStreamReader`'s callback. `FrameWriter` frames bodies onto a StreamWriter, several
+`FrameParser` cuts frames out of whatever chunks arrive, with one copy of each frame;
+`FrameReader` drives it from a StreamReader, and an `Endpoint` drives it from a
+`streams.FrameStreamReader`'s callback. `FrameWriter` frames bodies onto a StreamWriter, several
 frames per write when asked to. What is inside a frame is `messages`' business.
 """
 
@@ -67,30 +67,26 @@ class FrameParser:
         if self._tail:
             chunk = self._tail + chunk  # short: less than a header or a small frame's start
             self._tail = b""
-        view = memoryview(chunk)
-        try:
-            self._parse(view)
-        finally:
-            view.release()
-
-    def _parse(self, view: memoryview) -> None:
-        offset, end = 0, len(view)
+        # A frame that is whole in `chunk` is sliced out of it: a copy of at most a read's worth
+        # of bytes, and cheaper than a memoryview of the chunk for the small frames most calls
+        # are (0.16 us against 0.44 us per 100-byte frame).
+        offset, end = 0, len(chunk)
         while end - offset >= HEADER.size:
-            (size,) = HEADER.unpack_from(view, offset)
+            (size,) = HEADER.unpack_from(chunk, offset)
             if size > self.max_frame_bytes:
                 raise FrameError(f"frame of {size} bytes exceeds {self.max_frame_bytes}")
             start = offset + HEADER.size
             stop = start + size
             if stop > end:
                 if size >= READ_CHUNK_BYTES:
-                    self._parts = [view[start:]]
+                    self._parts = [memoryview(chunk)[start:]]
                     self._need = stop - end
                     return
                 break
-            self._on_frame(view[start:stop])
+            self._on_frame(chunk[start:stop])
             offset = stop
         if offset < end:
-            self._tail = bytes(view[offset:])
+            self._tail = bytes(chunk[offset:])
 
     def _fill(self, chunk: Buffer) -> Buffer:
         """Keep what `chunk` adds to the large frame; return what is left of it after the frame."""
@@ -162,7 +158,9 @@ class FrameWriter:
         self, writer: asyncio.StreamWriter, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     ) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self._writer = writer
+        # Frames go to the transport itself: StreamWriter.write only forwards to it, one Python
+        # call per frame that this skips. Draining stays the StreamWriter's (the caller's) job.
+        self._transport = writer.transport
         self._held: list[bytes] | None = None  # None: not corked, write at once
         self._held_bytes = 0
 
@@ -178,12 +176,12 @@ class FrameWriter:
             raise FrameError(f"frame of {size} bytes exceeds {self.max_frame_bytes}")
         if size >= CORK_BYTES:
             self.flush()
-            self._writer.writelines((HEADER.pack(size), body))
+            self._transport.writelines((HEADER.pack(size), body))
             return
         frame = HEADER.pack(size) + body
         held = self._held
         if held is None:
-            self._writer.write(frame)
+            self._transport.write(frame)
             return
         held.append(frame)
         self._held_bytes += len(frame)
@@ -203,9 +201,9 @@ class FrameWriter:
             self._held = []
             self._held_bytes = 0
             if len(held) == 1:
-                self._writer.write(held[0])
+                self._transport.write(held[0])
             else:
-                self._writer.writelines(held)
+                self._transport.writelines(held)
 
     def _uncork(self) -> None:
         try:
@@ -222,5 +220,5 @@ class FrameWriter:
 
         Otherwise `drain()` returns at once, and skipping it saves three coroutines per frame.
         """
-        transport = self._writer.transport
+        transport = self._transport
         return bool(transport.get_write_buffer_size()) or transport.is_closing()

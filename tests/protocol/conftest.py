@@ -9,14 +9,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 from protocol import Endpoint, FrameStreamReader
+from protocol.streams import FrameStreamProtocol
 
 StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-# Which reader `stream_pair` builds: a plain StreamReader (the endpoint pulls frames in a task) or a
-# FrameStreamReader (the endpoint parses frames in the transport's callback). test_endpoint runs
-# every test with both.
-READER_KINDS = ("pull", "push")
+# Which reader `stream_pair` builds: a plain StreamReader (the endpoint pulls frames in a task), or
+# a FrameStreamReader (the endpoint parses frames in the transport's callback) behind a plain
+# StreamReaderProtocol or behind the FrameStreamProtocol that `open_pipe_streams` uses.
+# test_endpoint runs every test with each.
+READER_KINDS = ("pull", "push", "push-protocol")
 reader_kind = "pull"
 
 
@@ -30,9 +32,8 @@ async def stream_pair() -> tuple[StreamPair, StreamPair]:
 async def _push_streams(sock: socket.socket) -> StreamPair:
     loop = asyncio.get_running_loop()
     reader = FrameStreamReader()
-    transport, protocol = await loop.create_connection(
-        lambda: asyncio.StreamReaderProtocol(reader), sock=sock
-    )
+    kind = FrameStreamProtocol if reader_kind == "push-protocol" else asyncio.StreamReaderProtocol
+    transport, protocol = await loop.create_connection(lambda: kind(reader), sock=sock)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 

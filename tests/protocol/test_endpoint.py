@@ -320,6 +320,38 @@ async def test_aclose_leaves_no_task_behind(endpoints: tuple[Endpoint, Endpoint]
     assert leftover == []
 
 
+async def test_handlers_run_in_a_task_and_may_use_timeout_and_taskgroup(
+    endpoints: tuple[Endpoint, Endpoint],
+) -> None:
+    # In push mode most handlers run their first step in the read callback (protocol.eager):
+    # they must not be able to tell.
+    a, b = endpoints
+
+    async def current(params: Any) -> bool:
+        return asyncio.current_task() is not None
+
+    async def bounded(params: Any) -> str:
+        async with asyncio.timeout(params):
+            await asyncio.sleep(0.2)
+        return "finished"
+
+    async def grouped(params: Any) -> int:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(asyncio.sleep(0, result=n)) for n in range(params)]
+        return sum(task.result() for task in tasks)
+
+    b.register("current", current)
+    b.register("bounded", bounded)
+    b.register("grouped", grouped)
+    assert await a.request("current") is True
+    with pytest.raises(RemoteError) as info:
+        await a.request("bounded", 0.01)
+    assert info.value.code == ErrorCode.TIMEOUT
+    assert await a.request("bounded", 2) == "finished"
+    assert await a.request("grouped", 4) == 6
+    assert await asyncio.gather(*(a.request("current") for _ in range(20))) == [True] * 20
+
+
 async def test_notifications_reach_their_handler(endpoints: tuple[Endpoint, Endpoint]) -> None:
     a, b = endpoints
     seen: list[Any] = []
