@@ -42,8 +42,10 @@ BUNDLE: Final = Path(__file__).resolve().parent / "plugins" / "echo_bench"
 PLUGIN_ID: Final = "dev.corral.bench.echo"
 METHOD: Final = "encryption_provider.encrypt"
 
-# --tune-malloc: frame-sized buffers come from a heap that glibc keeps, instead of fresh mmaps or a
-# heap trimmed after every call (which page-faults each 1 MiB buffer in again on every call).
+# --tune-malloc (the default): frame-sized buffers come from a heap that glibc keeps, instead of
+# fresh mmaps or a heap trimmed after every call (which page-faults each 1 MiB buffer in again on
+# every call). corral's host (`corral serve`) and workers always run so (protocol.tune_allocator);
+# the bench gives every process of the run, the floor's included, the same setting.
 MMAP_THRESHOLD_BYTES: Final = 16 * 1024 * 1024
 TRIM_THRESHOLD_BYTES: Final = 32 * 1024 * 1024
 TUNABLES: Final = (
@@ -479,7 +481,8 @@ def _print_table(
     if not tuned:
         print()
         print("note: at 1 MiB, glibc's heap trimming decides much of the round trip (page faults),")
-        print("so 1 MiB figures swing between runs; --tune-malloc measures without that effect.")
+        print("so 1 MiB figures swing between runs; the default (--tune-malloc) measures without")
+        print("that effect, as corral's host and workers run.")
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -501,8 +504,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tune-malloc",
-        action="store_true",
-        help="keep glibc from trimming frame-sized buffers, in every process of the run",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep glibc from trimming frame-sized buffers, in every process of the run, as "
+        "corral's host and workers always do (default: on)",
     )
     parser.add_argument("--floor-child", metavar="LOOP", help=argparse.SUPPRESS)
     return parser.parse_args(argv)

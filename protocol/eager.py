@@ -57,26 +57,29 @@ class EagerStarter:
         enter = self._enter
         if enter is None or _leave_task is None:
             return loop.create_task(coro, name=self._name)
-        carrier = self._idle.pop() if self._idle else _Carrier(self)
+        idle = self._idle
+        if not idle:
+            idle.append(_Carrier(self))
+        carrier = idle[-1]  # stays in the pool unless the coroutine waits
         task = carrier.task
         try:
             enter(loop, task)
         except RuntimeError:  # called from a task (not asyncio.current_task(): it costs more)
-            self._idle.append(carrier)
             return loop.create_task(coro, name=self._name)
         context = contextvars.copy_context()
         try:
             yielded = context.run(coro.send, None)
         except StopIteration:
-            # The pool has room (it held this carrier, or none), unless closed meanwhile.
-            if not task.cancelling() and self._enter is not None:
-                self._idle.append(carrier)
+            if task.cancelling():  # the coroutine cancelled its own task: retire the carrier
+                self._leave_pool(carrier)
             return None
         except BaseException:
-            self._rest(carrier)
+            if task.cancelling():
+                self._leave_pool(carrier)
             raise
         finally:
             _leave_task(loop, task)
+        self._leave_pool(carrier)
         carrier.carry((coro, context, yielded))
         return task
 
@@ -87,6 +90,10 @@ class EagerStarter:
         for carrier in idle:
             carrier.task.cancel()
         return [carrier.task for carrier in idle]
+
+    def _leave_pool(self, carrier: _Carrier) -> None:
+        if carrier in self._idle:  # not if `close` emptied the pool meanwhile
+            self._idle.remove(carrier)
 
     def _rest(self, carrier: _Carrier) -> bool:
         """Keep a carrier that is free again for later calls; return whether it was kept."""

@@ -133,12 +133,10 @@ class Endpoint:
         self.call_timeout_s = call_timeout_s
         self._reader = reader
         self._frames = FrameReader(reader, max_frame_bytes)
-        self._parser = FrameParser(self._on_frame, max_frame_bytes)
+        self._parser = FrameParser(self._on_frame, max_frame_bytes, on_several=self._cork)
         self._max_frame_bytes = max_frame_bytes
         self._writer = writer
         self._out = FrameWriter(writer, max_frame_bytes)
-        self._frames_read = 0
-        self._frames_before_feed = 0
         self._codec = MessageCodec()
         self._log = logger or _log
         self._routes: dict[str, _Route] = {}
@@ -265,11 +263,17 @@ class Endpoint:
             raise FrameError("stream ended inside a frame")
 
     def _feed(self, chunk: bytes) -> None:
-        self._frames_before_feed = self._frames_read
         try:
             self._parser.feed(chunk)
         except FrameError as exc:
             self._break(exc)
+
+    def _cork(self) -> None:
+        # A read with several frames: the calls it starts, and the callers it wakes, write in
+        # writes of a few frames instead of one write (and one wake-up of the peer) per frame. A
+        # few, not all: with one write per read the two processes would take turns instead of
+        # working at once. The answer to a lone frame is written at once.
+        self._out.cork(self._loop or self._running_loop())
 
     def _break(self, error: FrameError) -> None:
         """Stop reading because the peer broke the protocol; `run` then closes the session."""
@@ -438,13 +442,6 @@ class Endpoint:
     # -- incoming -----------------------------------------------------------------------------
 
     def _on_frame(self, frame: Buffer) -> None:
-        self._frames_read += 1
-        if self._frames_read - self._frames_before_feed == 2:
-            # A read with several frames: the calls it starts, and the callers it wakes, write
-            # in writes of a few frames instead of one write (and one wake-up of the peer) per
-            # frame. A few, not all: with one write per read the two processes would take turns
-            # instead of working at once. The answer to a lone frame is written at once.
-            self._out.cork(self._loop or self._running_loop())
         message = self._codec.decode_lazy(frame)
         size = len(frame)
         if isinstance(message, LazyRequest):
@@ -577,8 +574,10 @@ class Endpoint:
             except (ConnectionError, RuntimeError):
                 pass  # the reader sees the stream end and closes the session
         finally:
-            self._serving.pop(request.msgid, None)
-            self._cancel_requested.discard(request.msgid)
+            if self._serving:  # empty while every call is answered at once (protocol.eager)
+                self._serving.pop(request.msgid, None)
+            if self._cancel_requested:
+                self._cancel_requested.discard(request.msgid)
             self._free_slots += 1
             self._serving_bytes -= size
             if self._backlog and not self.is_closed:

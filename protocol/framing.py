@@ -45,9 +45,13 @@ class FrameParser:
     """
 
     def __init__(
-        self, on_frame: Callable[[Buffer], None], max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+        self,
+        on_frame: Callable[[Buffer], None],
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        on_several: Callable[[], None] | None = None,
     ) -> None:
         self._on_frame = on_frame
+        self._on_several = on_several  # called once per chunk, before its second whole frame
         self.max_frame_bytes = max_frame_bytes
         self._tail = b""  # the start of a frame whose header or body has not fully arrived
         self._parts: list[memoryview] | None = None  # pieces of a large frame, not yet joined
@@ -71,6 +75,13 @@ class FrameParser:
         # of bytes, and cheaper than a memoryview of the chunk for the small frames most calls
         # are (0.16 us against 0.44 us per 100-byte frame).
         offset, end = 0, len(chunk)
+        if (
+            end > HEADER.size
+            and HEADER.unpack_from(chunk)[0] == end - HEADER.size <= self.max_frame_bytes
+        ):
+            self._on_frame(chunk[HEADER.size :])  # exactly one whole frame: most reads
+            return
+        whole = 0
         while end - offset >= HEADER.size:
             (size,) = HEADER.unpack_from(chunk, offset)
             if size > self.max_frame_bytes:
@@ -83,7 +94,10 @@ class FrameParser:
                     self._need = stop - end
                     return
                 break
+            if whole == 1 and self._on_several is not None:
+                self._on_several()
             self._on_frame(chunk[start:stop])
+            whole += 1
             offset = stop
         if offset < end:
             self._tail = bytes(chunk[offset:])
