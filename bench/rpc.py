@@ -35,6 +35,8 @@ _F_SETPIPE_SZ: Final = 1031
 SMALL_BYTES: Final = 100
 LARGE_BYTES: Final = 1024 * 1024
 IN_FLIGHT: Final = 64
+# Sequential calls take turns between subjects, this many calls a turn (a few ms at 100 B).
+SEQUENTIAL_TURN: Final = 50
 MEASURE_TIMEOUT_S: Final = 300.0
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -273,24 +275,61 @@ class CorralPeer:
 
 
 async def _measure(peer: Peer, mode: str, payload: bytes, calls: int) -> dict[str, float]:
-    clock = time.perf_counter_ns
-    async with asyncio.timeout(MEASURE_TIMEOUT_S):
-        if mode == "pipelined":
+    if mode == "pipelined":
+        clock = time.perf_counter_ns
+        async with asyncio.timeout(MEASURE_TIMEOUT_S):
             start = clock()
             await peer.pipelined(payload, calls, IN_FLIGHT)
             return {"calls_s": calls * 1e9 / (clock() - start)}
-        samples = []
+    return _sequential_figures(*await _time_calls(peer, payload, calls))
+
+
+async def _time_calls(peer: Peer, payload: bytes, calls: int) -> tuple[list[int], int]:
+    """Make `calls` sequential calls; return each one's round trip and the total, in ns."""
+    clock = time.perf_counter_ns
+    samples = []
+    async with asyncio.timeout(MEASURE_TIMEOUT_S):
         start = clock()
         for _ in range(calls):
             before = clock()
             await peer.call(payload)
             samples.append(clock() - before)
-        elapsed = clock() - start
+        return samples, clock() - start
+
+
+def _sequential_figures(samples: list[int], elapsed_ns: int) -> dict[str, float]:
     return {
         "p50_us": statistics.median(samples) / 1000,
         "p99_us": _percentile(samples, 0.99) / 1000,
-        "calls_s": calls * 1e9 / elapsed,
+        "calls_s": len(samples) * 1e9 / elapsed_ns,
     }
+
+
+def _sequential_side_by_side(
+    order: list[Subject],
+    peers: dict[Subject, Peer],
+    runners: dict[str, asyncio.Runner],
+    payload: bytes,
+    calls: int,
+) -> dict[Subject, dict[str, float]]:
+    """Sequential figures for every subject, their calls made in turns of `SEQUENTIAL_TURN`.
+
+    A round trip of ~40 us is at the mercy of whatever else the machine does over the ~100 ms a
+    batch of 2,000 takes; in turns of a few milliseconds each, the floor and corral share the
+    same stretches of it, and a ratio of the two measures corral rather than the machine.
+    """
+    samples: dict[Subject, list[int]] = {subject: [] for subject in order}
+    elapsed = dict.fromkeys(order, 0)
+    for done in range(0, calls, SEQUENTIAL_TURN):
+        for subject in order:
+            run = runners[subject.loop].run
+            run(_time_calls(peers[subject], payload, 1))  # untimed: the first after a switch
+            turn, spent = run(
+                _time_calls(peers[subject], payload, min(SEQUENTIAL_TURN, calls - done))
+            )
+            samples[subject] += turn
+            elapsed[subject] += spent
+    return {subject: _sequential_figures(samples[subject], elapsed[subject]) for subject in order}
 
 
 def _percentile(samples: list[int], q: float) -> float:
@@ -339,9 +378,16 @@ def _run_rounds(
                 print(f"  round {round_no + 1}/{plan.rounds}", file=sys.stderr, flush=True)
             for mode, size in TESTS:
                 shift = round_no % len(subjects)  # rotate who goes first, against drift
-                for subject in subjects[shift:] + subjects[:shift]:
+                order = subjects[shift:] + subjects[:shift]
+                calls = _calls(plan, mode, size)
+                if mode == "sequential":
                     gc.collect()
-                    calls = _calls(plan, mode, size)
+                    turns = _sequential_side_by_side(order, peers, runners, payloads[size], calls)
+                    for subject, figures in turns.items():
+                        results.setdefault((subject, mode, size), []).append(figures)
+                    continue
+                for subject in order:
+                    gc.collect()
                     run = runners[subject.loop].run
                     figures = run(_measure(peers[subject], mode, payloads[size], calls))
                     results.setdefault((subject, mode, size), []).append(figures)

@@ -349,7 +349,11 @@ class Endpoint:
         """
         if self._close_reason is not None:
             raise ConnectionClosedError(self._close_reason)
-        msgid = self._allocate_msgid()
+        msgid = self._next_msgid
+        if msgid in self._pending:  # wrapped around onto a call still in flight
+            msgid = self._allocate_msgid()
+        else:
+            self._next_msgid = (msgid + 1) & MAX_MSGID
         loop = self._loop or self._running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._pending:
