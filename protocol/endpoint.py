@@ -269,7 +269,7 @@ class Endpoint:
             self._break(exc)
 
     def _cork(self) -> None:
-        # A read with several frames: the calls it starts, and the callers it wakes, write in
+        # A read with more than one frame: the calls it starts, and the callers it wakes, write in
         # writes of a few frames instead of one write (and one wake-up of the peer) per frame. A
         # few, not all: with one write per read the two processes would take turns instead of
         # working at once. The answer to a lone frame is written at once.

@@ -51,7 +51,8 @@ class FrameParser:
         on_several: Callable[[], None] | None = None,
     ) -> None:
         self._on_frame = on_frame
-        self._on_several = on_several  # called once per chunk, before its second whole frame
+        # Called before the first whole frame of a chunk that holds more than that frame.
+        self._on_several = on_several
         self.max_frame_bytes = max_frame_bytes
         self._tail = b""  # the start of a frame whose header or body has not fully arrived
         self._parts: list[memoryview] | None = None  # pieces of a large frame, not yet joined
@@ -81,7 +82,6 @@ class FrameParser:
         ):
             self._on_frame(chunk[HEADER.size :])  # exactly one whole frame: most reads
             return
-        whole = 0
         while end - offset >= HEADER.size:
             (size,) = HEADER.unpack_from(chunk, offset)
             if size > self.max_frame_bytes:
@@ -94,10 +94,9 @@ class FrameParser:
                     self._need = stop - end
                     return
                 break
-            if whole == 1 and self._on_several is not None:
-                self._on_several()
+            if not offset and stop < end and self._on_several is not None:
+                self._on_several()  # more follows the chunk's first frame: pipelining
             self._on_frame(chunk[start:stop])
-            whole += 1
             offset = stop
         if offset < end:
             self._tail = bytes(chunk[offset:])
