@@ -355,16 +355,19 @@ class Endpoint:
         else:
             self._next_msgid = (msgid + 1) & MAX_MSGID
         loop = self._loop or self._running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
         if self._pending:
             # Other calls are in flight: calls started by the same loop iteration (a burst of
             # webhooks, say) go out in one write, and wake the peer once. A lone call is
             # written at once.
             self._out.cork(loop)
+        # Written first, then registered: no answer is read before this coroutine next yields,
+        # and the round trip's critical path loses the bookkeeping.
+        must_drain = self._send_now(Request(msgid, method, params))
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending[msgid] = future
         deadline_s = self.call_timeout_s if timeout_s is None else timeout_s
         try:
-            if self._send_now(Request(msgid, method, params)):
+            if must_drain:
                 await self._drain()
             if deadline_s is not None:
                 self._deadlines.add(msgid, loop.time() + deadline_s, (method, deadline_s))
