@@ -435,10 +435,9 @@ class Endpoint:
     def _send_now(self, message: Message) -> bool:
         """Write `message`; return whether the caller must then await `_drain()`."""
         try:
-            self._out.write(self._codec.encode(message))  # `_write`, one call less per message
+            return self._out.write(self._codec.encode(message))  # `_write`, one call less
         except (ConnectionError, RuntimeError) as exc:
             raise ConnectionClosedError(f"cannot write to peer: {exc}") from exc
-        return self._out.must_drain
 
     async def _drain(self) -> None:
         try:
@@ -575,8 +574,7 @@ class Endpoint:
             except Exception as exc:
                 response = self._handler_failed(request, exc)
             try:
-                self._out.write(self._encode_reply(request, response))
-                if self._out.must_drain:
+                if self._out.write(self._encode_reply(request, response)):  # must drain
                     await self._writer.drain()
             except (ConnectionError, RuntimeError):
                 pass  # the reader sees the stream end and closes the session

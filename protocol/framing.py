@@ -177,29 +177,32 @@ class FrameWriter:
         self._held: list[bytes] | None = None  # None: not corked, write at once
         self._held_bytes = 0
 
-    def write(self, body: bytes) -> None:
-        """Frame and write `body` (or hold it while corked); raise FrameError if it is too large.
+    def write(self, body: bytes) -> bool:
+        """Frame and write `body` (or hold it while corked); return `must_drain` after it.
 
-        Errors of the transport (ConnectionError, RuntimeError once closed) propagate, except for
-        frames written later by the end of a cork: those are dropped, and the reader of the same
-        session sees the stream end.
+        Raises FrameError if it is too large. Errors of the transport (ConnectionError,
+        RuntimeError once closed) propagate, except for frames written later by the end of a
+        cork: those are dropped, and the reader of the same session sees the stream end.
         """
         size = len(body)
         if size > self.max_frame_bytes:
             raise FrameError(f"frame of {size} bytes exceeds {self.max_frame_bytes}")
+        transport = self._transport
         if size >= CORK_BYTES:
             self.flush()
-            self._transport.writelines((HEADER.pack(size), body))
-            return
-        frame = HEADER.pack(size) + body
-        held = self._held
-        if held is None:
-            self._transport.write(frame)
-            return
-        held.append(frame)
-        self._held_bytes += len(frame)
-        if len(held) >= CORK_FRAMES or self._held_bytes >= CORK_BYTES:
-            self.flush()
+            transport.writelines((HEADER.pack(size), body))
+        else:
+            frame = HEADER.pack(size) + body
+            held = self._held
+            if held is None:
+                transport.write(frame)
+            else:
+                held.append(frame)
+                self._held_bytes += len(frame)
+                if len(held) >= CORK_FRAMES or self._held_bytes >= CORK_BYTES:
+                    self.flush()
+        # `must_drain`, without a second Python call per frame.
+        return bool(transport.get_write_buffer_size()) or transport.is_closing()
 
     def cork(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hold small frames until the callbacks that `loop` has queued so far have run."""
