@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
     if args.loop is None:
-        from runner.serve_cli import _loop_factory as serve_loop  # the daemon's own choice
+        from protocol import loop_factory as serve_loop  # the daemon's own choice
 
         args.loop = "asyncio" if serve_loop() is None else "uvloop"
     if args.bare_child:

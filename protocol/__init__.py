@@ -29,7 +29,7 @@ from .handshake import (
 from .host_functions import HTTP_REQUEST_METHOD, HttpRequest, HttpResponse
 from .manifest import Manifest, config_schema, load_manifest, parse_manifest
 from .messages import CANCEL_METHOD, ErrorObject, MessageCodec, Notification, Request, Response
-from .streams import FrameStreamReader, enlarge_pipe, open_pipe_streams
+from .streams import FrameStreamReader, enlarge_pipe, loop_factory, open_pipe_streams
 
 __all__ = [
     "CANCEL_METHOD",
@@ -68,6 +68,7 @@ __all__ = [
     "encode_frame",
     "enlarge_pipe",
     "load_manifest",
+    "loop_factory",
     "open_pipe_streams",
     "parse_manifest",
     "tune_allocator",

@@ -26,6 +26,21 @@ def enlarge_pipe(fd: int, size: int = PIPE_BYTES) -> None:
         fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory unless `CORRAL_UVLOOP=0` or it is not installed (then asyncio).
+
+    Host (`corral serve`) and workers (`plugins.sdk.worker`) choose their loop with it.
+    """
+    if os.environ.get("CORRAL_UVLOOP", "1") == "0":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 class FrameStreamReader(asyncio.StreamReader):
     """A StreamReader that can hand each chunk straight to a consumer instead of buffering it.
 

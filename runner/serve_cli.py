@@ -14,11 +14,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol import tune_allocator
+from protocol import loop_factory, tune_allocator
 
 from .daemon_settings import (
     CONFIG_FILE_VARIABLE,
@@ -68,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     tune_allocator()  # frame-sized buffers stay in the heap instead of an mmap per call
     notifier = Notifier.from_env(environ)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as loop_runner:
             status = loop_runner.run(run(settings, merged, notifier))
     except (RunnerError, OSError) as exc:
         print(f"corral serve: cannot start: {exc}", file=sys.stderr)
@@ -89,21 +88,6 @@ def _check(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     return 0 if report.ok else 1
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """Return uvloop's loop factory unless `CORRAL_UVLOOP=0` or it is not installed (asyncio).
-
-    The same switch puts the workers on plain asyncio (`plugins.sdk.worker`).
-    """
-    if os.environ.get("CORRAL_UVLOOP", "1") == "0":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def add_serve_command(commands: Any) -> None:

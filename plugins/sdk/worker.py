@@ -32,6 +32,7 @@ from protocol import (
     RemoteError,
     categories,
     load_manifest,
+    loop_factory,
     open_pipe_streams,
     tune_allocator,
 )
@@ -236,17 +237,6 @@ async def run(bundle_dir: Path, read_fd: int, write_fd: int) -> int:
     return await WorkerRuntime(bundle_dir, endpoint).serve()
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if os.environ.get("CORRAL_UVLOOP", "1") == "0":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: `python -m plugins.sdk.worker BUNDLE_DIR`."""
     args = sys.argv[1:] if argv is None else argv
@@ -258,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(getattr(logging, os.environ.get("CORRAL_LOG_LEVEL", "INFO").upper(), 20))
     with (
         contextlib.suppress(KeyboardInterrupt),
-        asyncio.Runner(loop_factory=_loop_factory()) as runner,
+        asyncio.Runner(loop_factory=loop_factory()) as runner,
     ):
         return runner.run(run(Path(args[0]).resolve(), read_fd, write_fd))
     return 130

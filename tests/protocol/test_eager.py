@@ -39,6 +39,14 @@ async def start(starter: EagerStarter, coro: Coroutine[Any, Any, None]) -> Start
     return started
 
 
+async def sleep_noting_cancel(outcome: list[str]) -> None:
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        outcome.append("cancelled")
+        raise
+
+
 @pytest.fixture
 async def starter() -> Any:
     starter = EagerStarter(asyncio.get_running_loop(), "test")
@@ -154,14 +162,7 @@ async def test_cancelling_a_carried_call_reaches_the_coroutine_and_retires_the_c
 ) -> None:
     outcome: list[str] = []
 
-    async def handler() -> None:
-        try:
-            await asyncio.sleep(5)
-        except asyncio.CancelledError:
-            outcome.append("cancelled")
-            raise
-
-    task = await start(starter, handler())
+    task = await start(starter, sleep_noting_cancel(outcome))
     assert task is not None
     await asyncio.sleep(0)
     task.cancel()
@@ -179,15 +180,8 @@ async def test_cancelling_a_carried_call_reaches_the_coroutine_and_retires_the_c
 async def test_a_cancel_before_the_carrier_wakes_is_passed_on(starter: EagerStarter) -> None:
     outcome: list[str] = []
 
-    async def handler() -> None:
-        try:
-            await asyncio.sleep(5)
-        except asyncio.CancelledError:
-            outcome.append("cancelled")
-            raise
-
     def start_and_cancel() -> Started:
-        task = starter.start(handler())
+        task = starter.start(sleep_noting_cancel(outcome))
         assert task is not None
         task.cancel()  # before the carrier's task has taken the call over
         return task
